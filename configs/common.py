@@ -1,0 +1,65 @@
+"""Fields every visjax config has; method configs start from `base_config()`."""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Returns the shared defaults (overridden per method/dataset config)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.method = ''
+  c.init_from = ''  # path to an official .pth/.npz or an orbax checkpoint
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # -1: all remaining devices
+  c.mesh.model = 1
+  c.mesh.fsdp_rules = []  # list of (regex, 'fsdp'|'replicate') applied to parameter paths
+  c.mesh.distributed = False  # call jax.distributed.initialize()
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = 'synthetic'
+  c.dataset.root = ''  # YTVIS-layout root (JPEGImages/, train.json, valid.json)
+  c.dataset.tfrecords = ''  # directory of converted TFRecord shards (+ manifest)
+  c.dataset.train_json = ''
+  c.dataset.valid_json = ''
+  c.dataset.num_classes = 40
+  c.dataset.category_ids = ()  # contiguous index -> json category_id, filled from the manifest
+
+  c.input = ml_collections.ConfigDict()
+  c.input.batch_size = 32  # global clips per step
+  c.input.clip_len = 2
+  c.input.max_instances = 16
+  c.input.min_size_train = (320, 352, 392, 416, 448, 480, 512, 544, 576, 608, 640)
+  c.input.max_size_train = 768
+  c.input.min_size_test = 480
+  c.input.max_size_test = 1333
+  c.input.size_divisibility = 32
+  c.input.size_buckets = ()  # ((H, W), ...) static padded sizes; empty = derived from max sizes
+  c.input.shuffle_buffer = 256
+  c.input.prefetch = 2
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_steps = 12000
+  c.train.log_every = 50
+  c.train.checkpoint_every = 1000
+  c.train.keep_checkpoints = 3
+  c.train.lr = 1e-4
+  c.train.backbone_lr_mult = 0.1
+  c.train.weight_decay = 1e-4
+  c.train.lr_steps = (8000,)
+  c.train.lr_gamma = 0.1
+  c.train.warmup_steps = 10
+  c.train.warmup_factor = 1.0
+  c.train.clip_grad_norm = 0.01
+  c.train.grad_accum = 1
+  c.train.compute_dtype = 'float32'
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.split = 'valid'
+  c.eval.max_videos = -1
+
+  c.predict = ml_collections.ConfigDict()
+  c.predict.input = ''
+  c.predict.output = ''
+  c.predict.score_threshold = 0.3
+  return c

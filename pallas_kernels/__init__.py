@@ -1,0 +1,1 @@
+"""Pallas kernels (with XLA fallbacks) used by visjax models."""
