@@ -70,6 +70,9 @@ class Options:
       num_videos >= 2.
     crowd_fraction: probability that an instance is marked iscrowd=1.
     traverse_fraction: probability that an instance moves fast enough to cross the frame (enter / leave).
+    crossing_fraction: probability that an instance (after the first) is a smaller shape that meets an
+      earlier instance at the same place and time and drifts slowly relative to it (usually behind it), so
+      that it is partly or fully occluded for a while.
     jpeg_quality: fixed JPEG quality.
     uncompressed_rle: write RLE counts as integer lists (as YouTube-VIS 2019 train.json does) instead of
       compressed strings (as OVIS and results files do).
@@ -84,6 +87,7 @@ class Options:
   valid_fraction: float = 0.25
   crowd_fraction: float = 0.0
   traverse_fraction: float = 0.4
+  crossing_fraction: float = 0.35
   jpeg_quality: int = 90
   uncompressed_rle: bool = False
 
@@ -97,7 +101,7 @@ class Options:
     if not 1 <= self.min_instances <= self.max_instances:
       raise ValueError(
           f'need 1 <= min_instances <= max_instances, got {self.min_instances}, {self.max_instances}')
-    for name in ('valid_fraction', 'crowd_fraction', 'traverse_fraction'):
+    for name in ('valid_fraction', 'crowd_fraction', 'traverse_fraction', 'crossing_fraction'):
       value = getattr(self, name)
       if not 0.0 <= value <= 1.0:
         raise ValueError(f'{name} must be in [0, 1], got {value}')
@@ -191,27 +195,53 @@ def _background(rng: np.random.Generator, t: np.ndarray, yy: np.ndarray, xx: np.
   return image + rng.normal(0, 5.0, size=image.shape)
 
 
-def _instance(rng: np.random.Generator, style: tuple, t: np.ndarray, yy: np.ndarray, xx: np.ndarray,
-              traverse_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-  """Samples a trajectory and renders one instance: (mask bool [T, H, W], colour float [T, H, W, 3])."""
-  kind, texture, colour_a, colour_b = style
-  h, w = yy.shape
-  length = t.shape[0]
-  t_mid = rng.uniform(0.2, 0.8) * (length - 1)
-  dt = t - t_mid
-  centre = np.array([rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h])
-  radius = rng.uniform(0.09, 0.22) * min(h, w)
-  angle = rng.uniform(0, 2 * np.pi)
+@dataclasses.dataclass(frozen=True)
+class _Motion:
+  """Trajectory of one instance: at frame t its centre is centre + v (t - t_mid) + a (t - t_mid)^2 / 2."""
+  t_mid: float
+  centre: np.ndarray  # [2] (x, y) in pixels at t_mid.
+  radius: float  # Size at t_mid in pixels.
+  velocity: np.ndarray  # [2] pixels / frame.
+  acceleration: np.ndarray  # [2] pixels / frame^2.
+  growth: float  # Log-scale change per frame.
+  angle: float  # Rotation at t_mid.
+  spin: float  # Rotation per frame.
+
+
+def _sample_motion(rng: np.random.Generator, size: tuple[int, int], length: int, traverse_fraction: float,
+                   partner: _Motion | None) -> _Motion:
+  """Samples a trajectory; with a `partner`, a smaller shape at the partner's centre at its t_mid."""
+  h, w = size
+  if partner is None:
+    t_mid = rng.uniform(0.2, 0.8) * (length - 1)
+    centre = np.array([rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h])
+    radius = rng.uniform(0.09, 0.22) * min(h, w)
+  else:
+    t_mid = partner.t_mid
+    centre = partner.centre + rng.normal(0, 0.2 * partner.radius, size=2)
+    radius = rng.uniform(0.45, 0.8) * partner.radius
+  heading = rng.uniform(0, 2 * np.pi)
   if rng.random() < traverse_fraction:  # Fast enough to cross a good part of the frame: enters and/or leaves.
     speed = rng.uniform(0.7, 1.4) * (w + 2 * radius) / max(length - 1, 1)
   else:
     speed = rng.uniform(0.2, 2.5)
-  velocity = speed * np.array([np.cos(angle), np.sin(angle)])
-  acceleration = rng.normal(0, 0.15, size=2)
-  cx = centre[0] + velocity[0] * dt + 0.5 * acceleration[0] * dt**2
-  cy = centre[1] + velocity[1] * dt + 0.5 * acceleration[1] * dt**2
-  scale = radius * np.exp(rng.uniform(-0.04, 0.04) * dt)
-  theta = rng.uniform(0, 2 * np.pi) + rng.uniform(-0.12, 0.12) * dt
+  velocity = speed * np.array([np.cos(heading), np.sin(heading)])
+  if partner is not None:  # Drift slowly relative to the partner: hidden for a while, then re-emerges.
+    velocity = partner.velocity + velocity * rng.uniform(0.2, 0.6)
+  return _Motion(t_mid=t_mid, centre=centre, radius=radius, velocity=velocity,
+                 acceleration=rng.normal(0, 0.15, size=2), growth=rng.uniform(-0.04, 0.04),
+                 angle=rng.uniform(0, 2 * np.pi), spin=rng.uniform(-0.12, 0.12))
+
+
+def _render_instance(rng: np.random.Generator, motion: _Motion, style: tuple, t: np.ndarray, yy: np.ndarray,
+                     xx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Renders one instance over all frames: (mask bool [T, H, W], colour float [T, H, W, 3])."""
+  kind, texture, colour_a, colour_b = style
+  dt = t - motion.t_mid
+  cx = motion.centre[0] + motion.velocity[0] * dt + 0.5 * motion.acceleration[0] * dt**2
+  cy = motion.centre[1] + motion.velocity[1] * dt + 0.5 * motion.acceleration[1] * dt**2
+  scale = motion.radius * np.exp(motion.growth * dt)
+  theta = motion.angle + motion.spin * dt
   cos, sin = np.cos(theta), np.sin(theta)
   u = ((xx - cx) * cos + (yy - cy) * sin) / scale
   v = (-(xx - cx) * sin + (yy - cy) * cos) / scale
@@ -235,10 +265,20 @@ def render_video(rng: np.random.Generator, size: tuple[int, int], length: int, n
   image = _background(rng, t, yy, xx)
   cats = rng.integers(0, len(_CATEGORY_STYLES), size=num_instances)
   crowd = (rng.random(num_instances) < options.crowd_fraction).astype(np.int64)
-  depth = rng.permutation(num_instances)  # Drawing order, back to front.
+  motions = []
+  depth_keys = rng.random(num_instances)
+  for k in range(num_instances):
+    partner = None
+    if k > 0 and rng.random() < options.crossing_fraction:
+      j = int(rng.integers(k))
+      partner = motions[j]
+      if rng.random() < 0.8:  # Usually behind its partner, so that it can be hidden completely.
+        depth_keys[k] = depth_keys[j] - 1e-3
+    motions.append(_sample_motion(rng, size, length, options.traverse_fraction, partner))
+  depth = np.argsort(depth_keys, kind='stable')  # Drawing order, back to front.
   full = np.zeros((num_instances, length, h, w), dtype=bool)
   for k in depth:
-    full[k], colour = _instance(rng, _CATEGORY_STYLES[cats[k]], t, yy, xx, options.traverse_fraction)
+    full[k], colour = _render_instance(rng, motions[k], _CATEGORY_STYLES[cats[k]], t, yy, xx)
     image = np.where(full[k][..., None], colour, image)
   visible = np.zeros_like(full)
   cover = np.zeros((length, h, w), dtype=bool)
@@ -316,7 +356,8 @@ def generate(out_dir: str, num_videos: int, seed: int, **options: Any) -> dict[s
     num_videos: total number of videos over both splits.
     seed: integer seed; the output is a pure function of (seed, num_videos, options).
     **options: fields of `Options` (height, width, sizes, min_frames, max_frames, min_instances,
-      max_instances, valid_fraction, crowd_fraction, traverse_fraction, jpeg_quality).
+      max_instances, valid_fraction, crowd_fraction, traverse_fraction, crossing_fraction, jpeg_quality,
+      uncompressed_rle).
 
   Returns:
     dict with 'root', 'images' (the JPEGImages dir), 'train' and 'valid' (json paths).
@@ -389,6 +430,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument('--valid-fraction', type=float, default=defaults.valid_fraction)
   parser.add_argument('--crowd-fraction', type=float, default=defaults.crowd_fraction)
   parser.add_argument('--traverse-fraction', type=float, default=defaults.traverse_fraction)
+  parser.add_argument('--crossing-fraction', type=float, default=defaults.crossing_fraction)
   parser.add_argument('--jpeg-quality', type=int, default=defaults.jpeg_quality)
   parser.add_argument('--uncompressed-rle', action='store_true', help='RLE counts as integer lists')
   args = parser.parse_args(argv)

@@ -215,7 +215,7 @@ def rle_to_mask(rle: Rle) -> np.ndarray:
   """uint8 [H, W] 0/1 mask of a (compressed or uncompressed) RLE dict."""
   if isinstance(rle['counts'], list):
     rle = mask_utils.frPyObjects(rle, *rle['size'])
-  return mask_utils.decode(rle)
+  return mask_utils.decode([rle])[:, :, 0]
 
 
 def decode_track_masks(track: Track) -> np.ndarray:
