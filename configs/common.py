@@ -14,7 +14,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.data = -1  # -1: all remaining devices
   c.mesh.model = 1
   c.mesh.fsdp_rules = []  # list of (regex, 'fsdp'|'replicate') applied to parameter paths
-  c.mesh.distributed = False  # call jax.distributed.initialize()
+  c.mesh.distributed = False  # call jax.distributed.initialize() (also done when JAX_COORDINATOR_ADDRESS is set)
+  c.mesh.coordinator_address = ''  # 'host:port'; '' = env JAX_COORDINATOR_ADDRESS or JAX's auto-detection
+  c.mesh.num_processes = -1  # -1 = env JAX_NUM_PROCESSES or auto-detection
+  c.mesh.process_id = -1  # -1 = env JAX_PROCESS_ID or auto-detection
 
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = 'synthetic'
@@ -24,6 +27,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.valid_json = ''
   c.dataset.num_classes = 40
   c.dataset.category_ids = ()  # contiguous index -> json category_id, filled from the manifest
+  c.dataset.category_names = ()  # contiguous index -> name (labels in predict overlays)
 
   c.input = ml_collections.ConfigDict()
   c.input.batch_size = 32  # global clips per step
@@ -37,6 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.input.size_buckets = ()  # ((H, W), ...) static padded sizes; empty = derived from max sizes
   c.input.shuffle_buffer = 256
   c.input.prefetch = 2
+  c.input.source = 'data_pipeline.input'  # module with make_train_iterator(config, pid, n) and eval_videos(...)
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 12000
@@ -52,7 +57,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.warmup_factor = 1.0
   c.train.clip_grad_norm = 0.01
   c.train.grad_accum = 1
-  c.train.compute_dtype = 'float32'
+  c.train.compute_dtype = 'float32'  # passed to the model ('bfloat16' on TPU/GPU); params stay float32
+  c.train.backbone_wd_mult = 1.0  # weight decay x this on 'backbone' parameters
+  c.train.no_weight_decay = ()  # regexes of parameter paths without weight decay
+  c.train.frozen = ()  # regexes of parameter paths that are never updated
+  c.train.adam_b1 = 0.9
+  c.train.adam_b2 = 0.999
+  c.train.adam_eps = 1e-8
 
   c.eval = ml_collections.ConfigDict()
   c.eval.split = 'valid'
@@ -62,4 +73,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.predict.input = ''
   c.predict.output = ''
   c.predict.score_threshold = 0.3
+  c.predict.fps = 6.0
+
+  c.convert = ml_collections.ConfigDict()  # regexes waiving strict-conversion errors (see visjax.convert)
+  c.convert.allow_missing = ()
+  c.convert.allow_unexpected = ()
+  c.convert.allow_shape_mismatch = ()
   return c

@@ -1,0 +1,181 @@
+"""A tiny test-only method and input source for the engine tests (not collected by pytest).
+
+Method (docs/INTERFACES.md §3): `backbone` 3×3 conv → ReLU → dropout (from the step rng) → `head` 1×1 conv giving
+one foreground-mask logit and `C` class logits per pixel. Loss: `loss_mask` = BCE of the mask logit against the
+union of the instance masks, `loss_ce` = softmax CE of the mask-pooled class logits against each valid instance's
+label. A non-parameter variable `calls` (batch statistic) counts forward passes, so the non-param state is
+exercised by resume tests. Setting `config.toy_nan_at_step` makes the loss NaN from that (1-based) step on.
+
+Input source: `make_train_iterator(config, process_index, process_count)` yields the per-process share of a
+deterministic global batch (a pure function of the batch index), `get_state` / `set_state` hold the index.
+`eval_videos(config, process_index, process_count)` yields `config.toy_eval_videos` short videos.
+"""
+
+from typing import Any, Iterator
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from configs import common
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = common.base_config()
+  c.method = 'tests.train_toy'
+  c.input.source = 'tests.train_toy'
+  c.input.batch_size = 8
+  c.input.clip_len = 2
+  c.input.max_instances = 3
+  c.input.size = (16, 16)
+  c.dataset.num_classes = 4
+  c.dataset.category_ids = (1, 2, 3, 4)
+  c.train.num_steps = 3
+  c.train.log_every = 1
+  c.train.checkpoint_every = 100
+  c.train.lr = 1e-2
+  c.train.warmup_steps = 0
+  c.train.clip_grad_norm = 1.0
+  c.toy_nan_at_step = -1
+  c.toy_eval_videos = 2
+  return c
+
+
+class Calls(nnx.BatchStat):
+  pass
+
+
+class ToyModel(nnx.Module):
+  """[N, H, W, 3] uint8 → ([N, H, W] mask logits, [N, H, W, C] class logits)."""
+
+  def __init__(self, num_classes: int, dtype: str, *, rngs: nnx.Rngs):
+    self.backbone = nnx.Conv(3, 8, (3, 3), rngs=rngs)
+    self.head = nnx.Conv(8, 1 + num_classes, (1, 1), rngs=rngs)
+    self.calls = Calls(jnp.zeros((), jnp.float32))
+    self.dtype = jnp.dtype(dtype)
+
+  def __call__(self, images, *, rng=None):
+    x = images.astype(self.dtype) / 255.0
+    x = jax.nn.relu(self.backbone(x))
+    if rng is not None:
+      keep = jax.random.bernoulli(rng, 0.9, x.shape)
+      x = jnp.where(keep, x / 0.9, 0.0)
+    y = self.head(x).astype(jnp.float32)
+    self.calls.value = self.calls.value + 1.0
+    return y[..., 0], y[..., 1:]
+
+
+def build_model(config: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> ToyModel:
+  dtype = config.train.compute_dtype
+  model = ToyModel(config.dataset.num_classes, dtype, rngs=rngs)
+  model.nan_at_step = int(config.get('toy_nan_at_step', -1))
+  if dtype != 'float32':
+    model.backbone.dtype = jnp.dtype(dtype)
+    model.head.dtype = jnp.dtype(dtype)
+  return model
+
+
+def loss_fn(model: ToyModel, batch: dict, *, rng: jax.Array, train: bool = True):
+  b, t, h, w, _ = batch['image'].shape
+  mask_logit, cls_logit = model(batch['image'].reshape(b * t, h, w, 3), rng=rng if train else None)
+  masks = batch['masks'].astype(jnp.float32)  # [B, T, N, H, W]
+  union = jnp.max(masks, axis=2).reshape(b * t, h, w)
+  loss_mask = jnp.mean(jnp.maximum(mask_logit, 0) - mask_logit * union + jnp.log1p(jnp.exp(-jnp.abs(mask_logit))))
+  cls_logit = cls_logit.reshape(b, t, h, w, -1)
+  area = jnp.sum(masks, axis=(1, 3, 4)) + 1.0  # [B, N]
+  pooled = jnp.einsum('btnhw,bthwc->bnc', masks, cls_logit) / area[..., None]
+  logp = jax.nn.log_softmax(pooled, axis=-1)
+  labels = jnp.maximum(batch['labels'], 0)
+  nll = -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
+  valid = batch['instance_valid'].astype(jnp.float32)
+  loss_ce = jnp.sum(nll * valid) / jnp.maximum(jnp.sum(valid), 1.0)
+  total = loss_mask + 0.5 * loss_ce
+  nan_at = getattr(model, 'nan_at_step', -1)
+  if nan_at >= 0:
+    total = jnp.where(model.calls.value >= nan_at, jnp.nan, total)
+  return total, {'loss_mask': loss_mask, 'loss_ce': 0.5 * loss_ce}
+
+
+def predict_video(model: ToyModel, video: dict, config: ml_collections.ConfigDict) -> list[dict]:
+  """One track per video: the thresholded mask logit, resized to the original size, with the argmax class."""
+  h, w = video['image_size']
+  oh, ow = video['orig_size']
+  mask_logit, cls_logit = model(jnp.asarray(video['frames']))
+  masks = np.asarray(mask_logit[:, :h, :w] > 0)
+  rows = (np.arange(oh) * h // oh)
+  cols = (np.arange(ow) * w // ow)
+  masks = masks[:, rows][:, :, cols]
+  probs = np.asarray(jax.nn.softmax(cls_logit.mean(axis=(0, 1, 2))))
+  segs = []
+  for m in masks:
+    if m.any():
+      rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+      segs.append({'size': [int(oh), int(ow)], 'counts': rle['counts'].decode('ascii')})
+    else:
+      segs.append(None)
+  label = int(np.argmax(probs))
+  return [{'video_id': int(video['video_id']), 'score': float(probs[label]),
+           'category_id': int(config.dataset.category_ids[label]), 'segmentations': segs}]
+
+
+def _example(index: int, config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+  """Clip `index` of the toy dataset: squares of class-dependent colour on noise, as a batch row."""
+  rng = np.random.default_rng([config.seed, index])
+  t, n = config.input.clip_len, config.input.max_instances
+  h, w = config.input.size
+  image = rng.integers(0, 60, (t, h, w, 3)).astype(np.uint8)
+  masks = np.zeros((t, n, h, w), np.uint8)
+  labels = np.full((n,), -1, np.int32)
+  count = int(rng.integers(1, n + 1))
+  for k in range(count):
+    labels[k] = int(rng.integers(0, config.dataset.num_classes))
+    y, x = rng.integers(0, h - 5), rng.integers(0, w - 5)
+    masks[:, k, y:y + 5, x:x + 5] = 1
+    image[:, y:y + 5, x:x + 5] = 80 + 40 * labels[k]
+  present = masks.reshape(t, n, -1).any(-1)
+  return {
+      'image': image, 'image_size': np.full((t, 2), (h, w), np.int32),
+      'boxes': np.zeros((t, n, 4), np.float32), 'masks': masks, 'present': present,
+      'labels': labels, 'track_ids': np.where(labels >= 0, np.arange(n), -1).astype(np.int32),
+      'instance_valid': labels >= 0, 'is_crowd': np.zeros((n,), bool),
+      'video_id': np.int32(index), 'frame_index': np.arange(t, dtype=np.int32)}
+
+
+class ToyIterator:
+  """Per-process share of deterministic global batches; state = number of batches consumed."""
+
+  def __init__(self, config: ml_collections.ConfigDict, process_index: int, process_count: int):
+    self.config = config
+    self.local = config.input.batch_size // process_count
+    self.offset = process_index * self.local
+    self.position = 0
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    first = self.position * self.config.input.batch_size + self.offset
+    rows = [_example(first + i, self.config) for i in range(self.local)]
+    self.position += 1
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+  def get_state(self) -> dict[str, Any]:
+    return {'position': self.position}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self.position = int(state['position'])
+
+
+def make_train_iterator(config, process_index: int, process_count: int) -> ToyIterator:
+  return ToyIterator(config, process_index, process_count)
+
+
+def eval_videos(config, process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, Any]]:
+  h, w = config.input.size
+  for vid in range(process_index, config.toy_eval_videos, process_count):
+    ex = _example(10_000 + vid, config)
+    yield {'video_id': vid + 1, 'length': ex['image'].shape[0], 'orig_size': (h, w), 'image_size': (h, w),
+           'frames': ex['image']}

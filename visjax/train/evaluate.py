@@ -1,0 +1,103 @@
+"""Evaluation: the method's `predict_video` over the eval split → results.json + CodaLab zip (+ metrics.json).
+
+Every process predicts its share of the videos (`eval_videos(config, process_index, process_count)`); shares are
+gathered through WORKDIR/eval_parts/ and process 0 writes WORKDIR/results.json, WORKDIR/results.zip and, when the
+ground truth json (`config.dataset.valid_json`) has annotations, WORKDIR/metrics.json with the official metrics
+(`AP`, `AP50`, ..., `ARl`) and `per_category_AP` (category name → AP, −1 without gt).
+"""
+
+import json
+import os
+import shutil
+from typing import Any
+
+from absl import logging
+from flax import nnx
+import jax
+from jax.experimental import multihost_utils
+import ml_collections
+import tqdm
+
+from visjax.evaluation import results as results_lib
+from visjax.evaluation import ytvis
+from visjax.models import registry
+from visjax.train import restore
+from visjax.train import trainer
+
+METRICS_JSON = 'metrics.json'
+_PARTS = 'eval_parts'
+
+
+def predict_split(config: ml_collections.ConfigDict, model: nnx.Module) -> tuple[list[dict], list[int]]:
+  """(result records, video ids) of this process's share of the eval split."""
+  method = registry.get_method(config.method)
+  videos = trainer.data_source(config).eval_videos(config, jax.process_index(), jax.process_count())
+  max_videos = int(config.eval.get('max_videos', -1))
+  records, video_ids = [], []
+  for video in tqdm.tqdm(videos, desc='eval', unit='video', disable=jax.process_index() != 0):
+    if 0 <= max_videos <= len(video_ids):
+      break
+    records.extend(method.predict_video(model, video, config))
+    video_ids.append(int(video['video_id']))
+  return records, video_ids
+
+
+def _gather(workdir: str, records: list[dict], video_ids: list[int]) -> tuple[list[dict], list[int]]:
+  """All processes' records on process 0 (via files; collectives would need equal shapes)."""
+  if jax.process_count() == 1:
+    return records, video_ids
+  parts = os.path.join(workdir, _PARTS)
+  os.makedirs(parts, exist_ok=True)
+  with open(os.path.join(parts, f'{jax.process_index()}.json'), 'w') as f:
+    json.dump({'records': records, 'video_ids': video_ids}, f)
+  multihost_utils.sync_global_devices('visjax_eval_parts_written')
+  if jax.process_index() != 0:
+    return [], []
+  all_records, all_ids = [], []
+  for i in range(jax.process_count()):
+    with open(os.path.join(parts, f'{i}.json')) as f:
+      part = json.load(f)
+    all_records += part['records']
+    all_ids += part['video_ids']
+  shutil.rmtree(parts)
+  return all_records, all_ids
+
+
+def _load_gt(config: ml_collections.ConfigDict) -> dict | None:
+  path = config.dataset.get('valid_json', '')
+  if not path:
+    return None
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'config.dataset.valid_json={path!r} does not exist.')
+  gt = results_lib.load_json(path)
+  return gt if gt.get('annotations') else None
+
+
+def _restrict_gt(gt: dict, video_ids: list[int]) -> dict:
+  keep = set(video_ids)
+  return dict(gt, videos=[v for v in gt['videos'] if v['id'] in keep],
+              annotations=[a for a in gt['annotations'] if a['video_id'] in keep])
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str, model: nnx.Module | None = None) -> dict[str, Any]:
+  """Runs eval; returns the metrics dict ({} when the eval split has no ground truth)."""
+  if model is None:
+    model = restore.load_model(config, workdir)
+  records, video_ids = _gather(workdir, *predict_split(config, model))
+  if jax.process_index() != 0:
+    return {}
+  gt = _load_gt(config)
+  if gt is not None and 0 <= int(config.eval.get('max_videos', -1)):
+    gt = _restrict_gt(gt, video_ids)
+  json_path, zip_path = results_lib.write_results(records, workdir, gt)
+  logging.info('Wrote %d result records to %s and %s', len(records), json_path, zip_path)
+  if gt is None:
+    logging.info('No ground truth for the eval split: metrics.json not written.')
+    return {}
+  acc = ytvis.accumulate(gt, records)
+  metrics: dict[str, Any] = dict(ytvis.summarize(acc))
+  metrics['per_category_AP'] = ytvis.per_category_ap(acc)
+  with open(os.path.join(workdir, METRICS_JSON), 'w') as f:
+    json.dump(metrics, f, indent=1)
+  logging.info('Eval metrics: %s', {k: v for k, v in metrics.items() if k != 'per_category_AP'})
+  return metrics
