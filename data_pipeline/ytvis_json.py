@@ -180,35 +180,70 @@ class YtvisDataset:
 # RLE helpers.
 
 
-def compressed_rle_counts(counts: str) -> np.ndarray:
-  """Decodes a COCO compressed RLE string into its int64 run lengths (vectorised port of `rleFrString`).
+class _CompressedRleError(ValueError):
+  """A malformed compressed RLE string; `index` is its position in the decoded batch."""
+
+  def __init__(self, index: int, message: str):
+    super().__init__(message)
+    self.index = index
+
+
+def _segmented_cumsum(values: np.ndarray, segment: np.ndarray) -> np.ndarray:
+  """Cumulative sum of `values` restarted where the (sorted) `segment` id changes."""
+  total = np.cumsum(values)
+  new_segment = np.concatenate([[True], segment[1:] != segment[:-1]])[:values.size]
+  base = (total - values)[new_segment]
+  return total - base[np.cumsum(new_segment) - 1]
+
+
+def _decode_compressed(strings: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+  """Decodes COCO compressed RLE strings in one vectorised pass (the semantics of pycocotools' `rleFrString`).
+
+  Args:
+    strings: S non-empty compressed count strings.
+
+  Returns:
+    (runs int64 [R], owner int64 [R]): all run lengths, concatenated, and the string index of each run.
 
   Raises:
-    ValueError: on characters outside the RLE alphabet or a truncated last value.
+    _CompressedRleError: naming the first malformed string (empty, bad characters, truncated, too long a value).
   """
-  chars = np.frombuffer(counts.encode('ascii', errors='replace'), dtype=np.uint8).astype(np.int64) - 48
-  if chars.size == 0:
-    return np.zeros((0,), np.int64)
-  if np.any((chars < 0) | (chars > 63)):
-    raise ValueError('characters outside the compressed RLE alphabet')
+  encoded = [s.encode('ascii', errors='replace') for s in strings]
+  lengths = np.array([len(b) for b in encoded], np.int64)
+  if np.any(lengths == 0):
+    raise _CompressedRleError(int(np.argmin(lengths)), 'empty counts string')
+  chars = np.frombuffer(b''.join(encoded), np.uint8).astype(np.int64) - 48
+  owner_of_char = np.repeat(np.arange(len(strings)), lengths)
+  bad = (chars < 0) | (chars > 63)
+  if np.any(bad):
+    raise _CompressedRleError(int(owner_of_char[np.argmax(bad)]), 'characters outside the compressed RLE alphabet')
   more = (chars & 0x20) != 0
-  if more[-1]:
-    raise ValueError('truncated compressed RLE string')
-  ends = ~more
-  group = np.concatenate([[0], np.cumsum(ends)[:-1]])
+  truncated = more[np.cumsum(lengths) - 1]
+  if np.any(truncated):
+    raise _CompressedRleError(int(np.argmax(truncated)), 'truncated compressed RLE string')
+  ends = ~more  # Each value is a little-endian run of 5-bit groups; the last has no continuation bit.
   starts = np.flatnonzero(np.concatenate([[True], ends[:-1]]))
+  group = np.cumsum(np.concatenate([[0], ends[:-1]]))
   position = np.arange(chars.size) - starts[group]
   if position.max() > 11:
-    raise ValueError('compressed RLE value too long')
-  values = np.zeros(starts.size, np.int64)
-  np.add.at(values, group, (chars & 0x1f) << (5 * position))
+    raise _CompressedRleError(int(owner_of_char[np.argmax(position > 11)]), 'compressed RLE value too long')
+  values = np.add.reduceat((chars & 0x1f) << (5 * position), starts)
   last = np.flatnonzero(ends)
   negative = (chars[last] & 0x10) != 0
   values[negative] |= -1 << (5 * (position[last][negative] + 1))
+  owner = owner_of_char[starts]
+  local = np.arange(values.size) - np.searchsorted(owner, np.arange(len(strings)))[owner]
+  # From the 4th run on, each value is a delta to the run two before: cumulative sums along each string's odd
+  # and even chains; the first run (local 0) is not part of the even chain.
   runs = values.copy()
-  runs[1::2] = np.cumsum(values[1::2])  # Runs from index 3 on are stored as deltas to the run two before.
-  runs[2::2] = np.cumsum(values[2::2])
-  return runs
+  for chain in ((local & 1) == 1, ((local & 1) == 0) & (local > 0)):
+    runs[chain] = _segmented_cumsum(values[chain], owner[chain])
+  return runs, owner
+
+
+def compressed_rle_counts(counts: str) -> np.ndarray:
+  """Run lengths (int64 [R]) of one COCO compressed RLE string; ValueError if it is malformed."""
+  return _decode_compressed([counts])[0]
 
 
 def rle_to_mask(rle: Rle) -> np.ndarray:
@@ -296,14 +331,27 @@ def _normalise_segmentation(check: _Checker, segm: Any, height: int, width: int,
     counts = counts.decode('ascii', errors='replace')
   if not isinstance(counts, str):
     check.fail(where, f'RLE "counts" must be a string or a list of integers, got {type(counts).__name__}')
+  return {'size': [height, width], 'counts': counts}  # Its runs are checked per track by `_check_compressed`.
+
+
+def _check_compressed(check: _Checker, strings: Sequence[str], frames: Sequence[int], height: int, width: int,
+                      where: str) -> None:
+  """Checks that each compressed RLE string decodes to non-negative runs covering height * width pixels."""
+  if not strings:
+    return
   try:
-    runs = compressed_rle_counts(counts)
-  except ValueError as e:
-    check.fail(where, f'invalid compressed RLE: {e}')
-  if np.any(runs < 0) or runs.sum() != height * width:
-    check.fail(where, f'compressed RLE decodes to {int(runs.sum())} pixels with '
-               f'{int((runs < 0).sum())} negative runs, expected {height * width} pixels')
-  return {'size': [height, width], 'counts': counts}
+    runs, owner = _decode_compressed(strings)
+  except _CompressedRleError as e:
+    check.fail(f'{where}, segmentations[{frames[e.index]}]', f'invalid compressed RLE: {e}')
+  first = np.searchsorted(owner, np.arange(len(strings)))
+  totals = np.add.reduceat(runs, first)
+  smallest = np.minimum.reduceat(runs, first)
+  bad = np.flatnonzero((totals != height * width) | (smallest < 0))
+  if bad.size:
+    i = bad[0]
+    check.fail(f'{where}, segmentations[{frames[i]}]',
+               f'invalid compressed RLE: decodes to {int(totals[i])} pixels (smallest run {int(smallest[i])}), '
+               f'expected height*width = {height * width}')
 
 
 def _per_frame(check: _Checker, ann: Mapping[str, Any], key: str, length: int, where: str) -> list | None:
@@ -343,6 +391,8 @@ def _parse_track(check: _Checker, ann: Mapping[str, Any], index: int, videos: Ma
     check.fail(where, 'missing field "segmentations"')
   segms = tuple(_normalise_segmentation(check, s, video.height, video.width, f'{where}, segmentations[{t}]')
                 for t, s in enumerate(raw_segms))
+  compressed = [t for t, s in enumerate(raw_segms) if isinstance(s, dict) and not isinstance(s['counts'], list)]
+  _check_compressed(check, [segms[t]['counts'] for t in compressed], compressed, video.height, video.width, where)
   raw_boxes = _per_frame(check, ann, 'bboxes', video.length, where)
   raw_areas = _per_frame(check, ann, 'areas', video.length, where)
   boxes, areas = [], []
