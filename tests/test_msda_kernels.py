@@ -1,0 +1,172 @@
+"""Multi-scale deformable attention kernels vs a float64 NumPy oracle, torch grid_sample, and each other."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import test_util as jtu
+
+from msda_reference import msda_numpy
+from msda_reference import torch_core
+from pallas_kernels import msda
+from pallas_kernels.msda import common
+
+
+def rel_err(x, ref):
+  x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
+  return np.linalg.norm(x - ref) / max(np.linalg.norm(ref), 1e-30)
+
+
+# (spatial_shapes, B, Q, M, D, P): odd sizes, 1x1 levels, one level, many heads.
+CASES = [
+    (((7, 5), (3, 4), (1, 1)), 2, 5, 3, 4, 2),
+    (((1, 1),), 1, 3, 2, 3, 3),
+    (((9, 13),), 1, 6, 1, 5, 4),
+    (((4, 6), (2, 3)), 1, 4, 16, 2, 1),
+    (((6, 10), (3, 5), (2, 3), (1, 1)), 2, 7, 2, 8, 4),
+]
+
+
+def make_inputs(rng, spatial_shapes, b, q, m, d, p, dtype=np.float32, border_fraction=0.3):
+  """Random inputs; locations span [-0.3, 1.3] and a fraction sits exactly on pixel borders or centres."""
+  lvl = len(spatial_shapes)
+  s = sum(h * w for h, w in spatial_shapes)
+  value = rng.standard_normal((b, s, m, d))
+  locations = rng.uniform(-0.3, 1.3, (b, q, m, lvl, p, 2))
+  wh = np.array([(w, h) for h, w in spatial_shapes], np.float64)[:, None, :]
+  # Exact borders k / W (pixel = k - 0.5) and centres (k + 0.5) / W (pixel = k), k in [-1, W + 1].
+  k = rng.integers(-1, wh.max() + 2, locations.shape).astype(np.float64)
+  on_grid = (k + rng.integers(0, 2, locations.shape) * 0.5) / wh
+  locations = np.where(rng.random(locations.shape) < border_fraction, on_grid, locations)
+  weights = rng.random((b, q, m, lvl, p))
+  return value.astype(dtype), locations.astype(dtype), weights.astype(dtype)
+
+
+def test_oracle_hand_computed():
+  # One 2x3 map, one channel: sample at pixel (x, y) = (0.5, 0.25) -> loc = ((0.5 + 0.5) / 3, (0.25 + 0.5) / 2).
+  value = np.arange(6, dtype=np.float64).reshape(1, 6, 1, 1)  # v[y, x] = 3y + x
+  loc = np.array([1.0 / 3.0, 0.375]).reshape(1, 1, 1, 1, 1, 2)
+  out = msda_numpy(value, ((2, 3),), loc, np.full((1, 1, 1, 1, 1), 2.0))
+  np.testing.assert_allclose(out.ravel(), [2.0 * (3 * 0.25 + 0.5)])
+  # Pixel (-0.5, 0): only the in-map corner (0, 0) contributes, with weight 0.5.
+  loc = np.array([0.0, 0.25]).reshape(1, 1, 1, 1, 1, 2)
+  value[0, 0, 0, 0] = 4.0
+  np.testing.assert_allclose(msda_numpy(value, ((2, 3),), loc, np.ones((1, 1, 1, 1, 1))).ravel(), [2.0])
+
+
+@pytest.mark.parametrize('case', range(len(CASES)))
+def test_xla_matches_numpy_oracle(case):
+  spatial_shapes, *dims = CASES[case]
+  value, loc, aw = make_inputs(np.random.default_rng(case), spatial_shapes, *dims)
+  out = msda.ms_deform_attn(value, spatial_shapes, loc, aw, implementation='xla')
+  assert out.shape == (dims[0], dims[1], dims[2] * dims[3]) and out.dtype == jnp.float32
+  assert rel_err(out, msda_numpy(value, spatial_shapes, loc, aw)) < 1e-6
+
+
+def test_xla_far_outside_and_nonfinite_locations_give_zero():
+  spatial_shapes = ((3, 4), (2, 2))
+  value, loc, aw = make_inputs(np.random.default_rng(0), spatial_shapes, 1, 4, 2, 3, 2)
+  loc[:, 0] = 1e9
+  loc[:, 1] = -1e9
+  loc[:, 2] = np.inf
+  loc[:, 3] = 1.0 + 1.0 / 3.0  # pixel x = W + 0.5 on level 0 (at least one pixel outside every level)
+  out = np.asarray(msda.ms_deform_attn(value, spatial_shapes, loc, aw, implementation='xla'))
+  np.testing.assert_array_equal(out[:, :3], 0.0)
+  np.testing.assert_allclose(out, msda_numpy(value, spatial_shapes, np.nan_to_num(loc, posinf=1e9), aw), atol=1e-6)
+
+
+@pytest.mark.parametrize('case', [0, 2, 4])
+def test_xla_matches_torch_grid_sample(case):
+  torch = pytest.importorskip('torch')
+  spatial_shapes, *dims = CASES[case]
+  value, loc, aw = make_inputs(np.random.default_rng(10 + case), spatial_shapes, *dims, dtype=np.float64)
+  tv, tl, ta = (torch.tensor(x, requires_grad=True) for x in (value, loc, aw))
+  ref = torch_core(tv, spatial_shapes, tl, ta)
+  cot = np.random.default_rng(1).standard_normal(ref.shape)
+  (ref * torch.tensor(cot)).sum().backward()
+  with jax.enable_x64(True):
+    f = lambda v, l, a: msda.ms_deform_attn(v, spatial_shapes, l, a, implementation='xla')
+    out, vjp = jax.vjp(f, *(jnp.asarray(x) for x in (value, loc, aw)))
+    grads = vjp(jnp.asarray(cot))
+  assert rel_err(out, ref.detach().numpy()) < 1e-12
+  # Gradients agree away from pixel-grid kinks; compare only samples not on the grid.
+  twice_pix = 2.0 * loc * np.array([(w, h) for h, w in spatial_shapes], np.float64)[:, None, :]
+  on_grid = np.any(np.abs(twice_pix - np.round(twice_pix)) < 1e-9, axis=-1)
+  assert rel_err(grads[0], tv.grad.numpy()) < 1e-12
+  assert rel_err(grads[2], ta.grad.numpy()) < 1e-12
+  loc_grad, loc_ref = np.asarray(grads[1]), tl.grad.numpy()
+  off = ~on_grid[..., None] & np.ones_like(loc_ref, bool)
+  assert rel_err(loc_grad[off], loc_ref[off]) < 1e-10
+
+
+def _off_grid_inputs(seed, spatial_shapes, b, q, m, d, p):
+  value, loc, aw = make_inputs(np.random.default_rng(seed), spatial_shapes, b, q, m, d, p, np.float64, 0.0)
+  # Keep every pixel coordinate >= 0.02 away from integers so finite differences do not straddle a kink.
+  wh = np.array([(w, h) for h, w in spatial_shapes], np.float64)[:, None, :]
+  pix = loc * wh - 0.5
+  frac = pix - np.floor(pix)
+  pix = np.floor(pix) + np.clip(frac, 0.02, 0.98)
+  return value, (pix + 0.5) / wh, aw
+
+
+@pytest.mark.parametrize('case', [0, 3])
+def test_xla_check_grads_float64(case):
+  spatial_shapes, *dims = CASES[case]
+  value, loc, aw = _off_grid_inputs(20 + case, spatial_shapes, *dims)
+  with jax.enable_x64(True):
+    f = lambda v, l, a: msda.ms_deform_attn(v, spatial_shapes, l, a, implementation='xla')
+    jtu.check_grads(f, (jnp.asarray(value), jnp.asarray(loc), jnp.asarray(aw)), order=1, modes=('fwd', 'rev'),
+                    eps=1e-5, atol=1e-6, rtol=1e-6)
+
+
+def test_xla_bfloat16_inputs():
+  spatial_shapes, *dims = CASES[4]
+  value, loc, aw = (jnp.asarray(x, jnp.bfloat16) for x in make_inputs(np.random.default_rng(3), spatial_shapes, *dims))
+  out = msda.ms_deform_attn(value, spatial_shapes, loc, aw, implementation='xla')
+  assert out.dtype == jnp.bfloat16
+  # The oracle sees the same bf16-rounded inputs, so only the bf16 output rounding (2^-9 relative) remains.
+  ref = msda_numpy(np.asarray(value, np.float64), spatial_shapes, np.asarray(loc, np.float64),
+                   np.asarray(aw, np.float64))
+  assert rel_err(out, ref) < 5e-3
+
+
+def test_xla_jit_and_remat_gradients_match():
+  spatial_shapes, *dims = CASES[0]
+  value, loc, aw = make_inputs(np.random.default_rng(5), spatial_shapes, *dims)
+  loss = lambda v, l, a: jnp.sum(jnp.sin(msda.ms_deform_attn(v, spatial_shapes, l, a, implementation='xla')))
+  eager = jax.grad(loss, argnums=(0, 1, 2))(value, loc, aw)
+  jitted = jax.jit(jax.grad(jax.checkpoint(loss), argnums=(0, 1, 2)))(value, loc, aw)
+  for x, y in zip(eager, jitted):
+    assert rel_err(x, y) < 1e-6
+
+
+def test_default_implementation_by_backend():
+  assert msda.default_implementation('cpu') == 'xla'
+  assert msda.default_implementation('tpu') == 'xla'
+  assert msda.default_implementation('gpu') == 'pallas'
+
+
+@pytest.mark.parametrize('bad, message', [
+    (dict(implementation='cuda'), 'implementation must be one of'),
+    (dict(spatial_shapes=((3, 4),)), 'tokens but spatial_shapes'),
+    (dict(spatial_shapes=((3, 0), (2, 2))), 'positive integers'),
+    (dict(value=np.zeros((1, 15, 2, 3), np.float32)), 'tokens but spatial_shapes'),
+    (dict(value=np.zeros((1, 16, 2), np.float32)), 'value must be'),
+    (dict(sampling_locations=np.zeros((1, 4, 2, 2, 2, 3), np.float32)), 'sampling_locations must be'),
+    (dict(sampling_locations=np.zeros((1, 4, 2, 3, 2, 2), np.float32)), 'does not match'),
+    (dict(attention_weights=np.zeros((1, 4, 2, 2, 3), np.float32)), 'attention_weights must be'),
+    (dict(value=np.zeros((1, 16, 2, 3), np.int32), spatial_shapes=((3, 4), (2, 2))), 'floating point'),
+])
+def test_bad_inputs_raise_clear_errors(bad, message):
+  value, loc, aw = make_inputs(np.random.default_rng(0), ((3, 4), (2, 2)), 1, 4, 2, 3, 2)
+  kwargs = dict(value=value, spatial_shapes=((3, 4), (2, 2)), sampling_locations=loc, attention_weights=aw)
+  kwargs.update(bad)
+  with pytest.raises(ValueError, match=message):
+    msda.ms_deform_attn(**kwargs)
+
+
+def test_traced_spatial_shapes_raise():
+  value, loc, aw = make_inputs(np.random.default_rng(0), ((3, 4),), 1, 2, 1, 2, 1)
+  f = jax.jit(lambda shapes: msda.ms_deform_attn(value, shapes, loc, aw))
+  with pytest.raises(TypeError, match='must be static'):
+    f(jnp.array([[3, 4]]))
