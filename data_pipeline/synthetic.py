@@ -93,9 +93,11 @@ class Options:
 
   def __post_init__(self):
     sizes = self.sizes if self.sizes is not None else ((self.height, self.width),)
-    for h, w in sizes:
-      if h < 16 or w < 16:
-        raise ValueError(f'frame size must be at least 16x16, got {h}x{w}')
+    if not sizes:
+      raise ValueError('sizes must not be empty')
+    for size in sizes:
+      if len(size) != 2 or min(size) < 16:
+        raise ValueError(f'each frame size must be (height, width) with both >= 16, got {size}')
     if not 1 <= self.min_frames <= self.max_frames:
       raise ValueError(f'need 1 <= min_frames <= max_frames, got {self.min_frames}, {self.max_frames}')
     if not 1 <= self.min_instances <= self.max_instances:

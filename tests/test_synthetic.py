@@ -213,8 +213,26 @@ def test_cli(tmp_path, capsys):
   synthetic.main(['--out', out, '--num-videos', '2', '--seed', '3', '--max-frames', '8', '--height', '40',
                   '--width', '56'])
   assert 'train.json' in capsys.readouterr().out
-  content = json.load(open(os.path.join(out, 'train.json')))
+  with open(os.path.join(out, 'train.json')) as f:
+    content = json.load(f)
   assert (content['videos'][0]['height'], content['videos'][0]['width']) == (40, 56)
   assert os.path.isfile(os.path.join(out, 'JPEGImages', content['videos'][0]['file_names'][0]))
-  with pytest.raises(SystemExit):
-    synthetic.main(['--out', out, '--num-videos', '0'])
+  for bad in (['--num-videos', '0'], ['--num-videos', '1', '--sizes', '96x160x3'],
+              ['--num-videos', '1', '--sizes', 'big'], ['--num-videos', '1', '--height', '8']):
+    with pytest.raises(SystemExit):
+      synthetic.main(['--out', out] + bad)
+
+
+def test_pixels_under_masks_have_their_category_colour_family():
+  styles = synthetic._CATEGORY_STYLES  # pylint: disable=protected-access
+  families = np.array([(np.array(a) + np.array(b)) / 2 for _, _, a, b in styles])
+  hits = total = 0
+  for index in range(8):
+    video = synthetic.sample_video(4, index, synthetic.Options(max_frames=10))
+    frames = video.frames.astype(np.float64)
+    for visible, category in zip(video.visible_masks, video.category_ids):
+      for t in np.flatnonzero(visible.sum(axis=(1, 2)) >= 40):
+        mean = frames[t][visible[t]].mean(axis=0)
+        hits += np.argmin(np.linalg.norm(families - mean, axis=1)) == category - 1
+        total += 1
+  assert total > 50 and hits / total > 0.9, (hits, total)
