@@ -6,11 +6,18 @@ union of the instance masks, `loss_ce` = softmax CE of the mask-pooled class log
 label. A non-parameter variable `calls` (batch statistic) counts forward passes, so the non-param state is
 exercised by resume tests. Setting `config.toy_nan_at_step` makes the loss NaN from that (1-based) step on.
 
+Test helpers: `run_main` runs `python -m visjax.main` in a subprocess, `read_log` reads train_log.jsonl.
+
 Input source: `make_train_iterator(config, process_index, process_count)` yields the per-process share of a
 deterministic global batch (a pure function of the batch index), `get_state` / `set_state` hold the index.
 `eval_videos(config, process_index, process_count)` yields `config.toy_eval_videos` short videos.
 """
 
+import json
+import os
+import signal
+import subprocess
+import sys
 from typing import Any, Iterator
 
 from flax import nnx
@@ -40,7 +47,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.warmup_steps = 0
   c.train.clip_grad_norm = 1.0
   c.toy_nan_at_step = -1
+  c.toy_kill_at_batch = -1  # SIGKILL this process when asked for batch number N (0-based)
   c.toy_eval_videos = 2
+  c.convert.allow_missing = ('calls',)
   return c
 
 
@@ -64,7 +73,7 @@ class ToyModel(nnx.Module):
       keep = jax.random.bernoulli(rng, 0.9, x.shape)
       x = jnp.where(keep, x / 0.9, 0.0)
     y = self.head(x).astype(jnp.float32)
-    self.calls.value = self.calls.value + 1.0
+    self.calls.set_value(self.calls.get_value() + 1.0)
     return y[..., 0], y[..., 1:]
 
 
@@ -95,7 +104,7 @@ def loss_fn(model: ToyModel, batch: dict, *, rng: jax.Array, train: bool = True)
   total = loss_mask + 0.5 * loss_ce
   nan_at = getattr(model, 'nan_at_step', -1)
   if nan_at >= 0:
-    total = jnp.where(model.calls.value >= nan_at, jnp.nan, total)
+    total = jnp.where(model.calls.get_value() >= nan_at, jnp.nan, total)
   return total, {'loss_mask': loss_mask, 'loss_ce': 0.5 * loss_ce}
 
 
@@ -119,6 +128,16 @@ def predict_video(model: ToyModel, video: dict, config: ml_collections.ConfigDic
   label = int(np.argmax(probs))
   return [{'video_id': int(video['video_id']), 'score': float(probs[label]),
            'category_id': int(config.dataset.category_ids[label]), 'segmentations': segs}]
+
+
+def conversion_rules(config: ml_collections.ConfigDict):
+  """torch-layout keys of an equivalent nn.Conv2d pair → the NNX paths."""
+  del config
+  from visjax import convert  # pylint: disable=g-import-not-at-top
+  return convert.RuleTable([
+      convert.Rule(r'(backbone|head)\.weight', r'\1.kernel', convert.conv_kernel),
+      convert.Rule(r'(backbone|head)\.bias', r'\1.bias'),
+  ])
 
 
 def _example(index: int, config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
@@ -157,6 +176,8 @@ class ToyIterator:
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
+    if self.position == self.config.toy_kill_at_batch:
+      os.kill(os.getpid(), signal.SIGKILL)
     first = self.position * self.config.input.batch_size + self.offset
     rows = [_example(first + i, self.config) for i in range(self.local)]
     self.position += 1
@@ -179,3 +200,22 @@ def eval_videos(config, process_index: int = 0, process_count: int = 1) -> Itera
     ex = _example(10_000 + vid, config)
     yield {'video_id': vid + 1, 'length': ex['image'].shape[0], 'orig_size': (h, w), 'image_size': (h, w),
            'frames': ex['image']}
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_main(workdir: str, *flags: str, mode: str = 'train', env: dict[str, str] | None = None,
+             wait: bool = True, timeout: float = 300) -> subprocess.CompletedProcess | subprocess.Popen:
+  """`python -m visjax.main --config tests/train_toy.py --workdir W --mode M FLAGS...` from the repo root."""
+  cmd = [sys.executable, '-m', 'visjax.main', '--config', os.path.join(REPO, 'tests', 'train_toy.py'),
+         '--workdir', workdir, '--mode', mode, *flags]
+  full_env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL='3', **(env or {}))
+  if not wait:
+    return subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def read_log(workdir: str) -> list[dict[str, float]]:
+  with open(os.path.join(workdir, 'train_log.jsonl')) as f:
+    return [json.loads(line) for line in f if line.strip()]

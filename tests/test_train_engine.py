@@ -1,0 +1,221 @@
+"""Engine tests in-process on 1 CPU device with the test-only method of tests/train_toy.py.
+
+Stop-and-resume reproduces the uninterrupted losses exactly; NaN stops training naming the step and keeps the
+last good checkpoint; gradient accumulation; eval writes results + metrics; predict on an mp4; convert.
+"""
+
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+
+from tests import train_toy
+from visjax.train import checkpoint as ckpt_lib
+from visjax.train import evaluate
+from visjax.train import restore
+from visjax.train import trainer
+
+_TERMS = ('loss', 'loss_mask', 'loss_ce')
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _compilation_cache(tmp_path_factory):
+  """Repeated train() calls compile identical programs: reuse them through a module-local persistent cache."""
+  import jax  # pylint: disable=g-import-not-at-top
+  names = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs',
+           'jax_persistent_cache_min_entry_size_bytes')
+  old = {n: getattr(jax.config, n) for n in names}
+  jax.config.update('jax_compilation_cache_dir', str(tmp_path_factory.mktemp('jax_cache')))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', -1)
+  yield
+  for n, v in old.items():
+    jax.config.update(n, v)
+
+
+def _config(**train):
+  c = train_toy.get_config()
+  c.train.update(train)
+  return c
+
+
+@pytest.fixture(scope='module')
+def straight_run(tmp_path_factory):
+  """An uninterrupted 4-step run: (workdir, per-step log)."""
+  workdir = str(tmp_path_factory.mktemp('straight'))
+  trainer.train(_config(num_steps=4, checkpoint_every=2), workdir)
+  return workdir, train_toy.read_log(workdir)
+
+
+def _assert_same_losses(got, want):
+  assert [r['step'] for r in got] == [r['step'] for r in want]
+  for g, w in zip(got, want):
+    for k in _TERMS:
+      assert g[k] == w[k], (g['step'], k, g[k], w[k])
+
+
+def test_log_has_every_term_and_losses_decrease(straight_run):
+  _, log = straight_run
+  assert [r['step'] for r in log] == [1, 2, 3, 4]
+  for row in log:
+    assert set(_TERMS + ('lr', 'grad_norm', 'steps_per_sec')) <= set(row)
+    assert row['loss'] == pytest.approx(row['loss_mask'] + row['loss_ce'], rel=1e-6)
+  assert log[-1]['loss'] < log[0]['loss']
+
+
+def test_stop_and_resume_reproduces_losses(straight_run, tmp_path):
+  _, want = straight_run
+  workdir = str(tmp_path)
+  trainer.train(_config(num_steps=2, checkpoint_every=2), workdir)
+  assert ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints')).latest_step() == 2
+  # A log line past the checkpoint (as a crash would leave) is dropped on resume.
+  with open(os.path.join(workdir, 'train_log.jsonl'), 'a') as f:
+    f.write(json.dumps({'step': 3, 'loss': -1.0}) + '\n')
+  trainer.train(_config(num_steps=4, checkpoint_every=2), workdir)
+  _assert_same_losses(train_toy.read_log(workdir), want)
+
+
+def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
+  workdir = str(tmp_path)
+  config = _config(num_steps=6, checkpoint_every=2)
+  config.toy_nan_at_step = 3
+  with pytest.raises(trainer.NonFiniteLossError, match=r'step 3.*loss.*Last good checkpoint: step 2'):
+    trainer.train(config, workdir)
+  steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit())
+  assert steps == [2]
+  assert [r['step'] for r in train_toy.read_log(workdir)] == [1, 2]
+
+
+def test_grad_accum_mean_of_microbatches(straight_run, tmp_path):
+  """2 microbatches: the first step's losses match the full batch's (same params) up to dropout noise."""
+  two = str(tmp_path / 'two')
+  trainer.train(_config(num_steps=1, grad_accum=2), two)
+  a, b = straight_run[1][0], train_toy.read_log(two)[0]
+  # Dropout masks differ (one rng per microbatch) and CE is normalised per microbatch, hence the tolerances.
+  assert b['loss_mask'] == pytest.approx(a['loss_mask'], rel=0.05)
+  assert b['loss_ce'] == pytest.approx(a['loss_ce'], rel=0.2)
+
+
+def _toy_gt(config) -> dict:
+  """A YTVIS gt json for the toy eval videos: each instance square as a track."""
+  from pycocotools import mask as mask_utils  # pylint: disable=g-import-not-at-top
+  h, w = config.input.size
+  videos, anns = [], []
+  for vid in range(config.toy_eval_videos):
+    ex = train_toy._example(10_000 + vid, config)  # pylint: disable=protected-access
+    t = ex['image'].shape[0]
+    videos.append({'id': vid + 1, 'height': h, 'width': w, 'length': t,
+                   'file_names': [f'{vid}/{i}.jpg' for i in range(t)]})
+    for k in np.nonzero(ex['instance_valid'])[0]:
+      segs, areas = [], []
+      for i in range(t):
+        rle = mask_utils.encode(np.asfortranarray(ex['masks'][i, k]))
+        segs.append({'size': [h, w], 'counts': rle['counts'].decode('ascii')})
+        areas.append(float(ex['masks'][i, k].sum()))
+      anns.append({'id': len(anns) + 1, 'video_id': vid + 1, 'category_id': int(ex['labels'][k]) + 1,
+                   'iscrowd': 0, 'segmentations': segs, 'areas': areas, 'bboxes': [None] * t, 'length': 1})
+  cats = [{'id': i, 'name': f'c{i}', 'supercategory': 'x'} for i in config.dataset.category_ids]
+  return {'videos': videos, 'annotations': anns, 'categories': cats}
+
+
+def test_eval_writes_results_and_metrics(straight_run, tmp_path):
+  workdir, _ = straight_run
+  config = _config()
+  gt_path = str(tmp_path / 'gt.json')
+  with open(gt_path, 'w') as f:
+    json.dump(_toy_gt(config), f)
+  config.dataset.valid_json = gt_path
+  metrics = evaluate.evaluate(config, workdir)
+  with open(os.path.join(workdir, 'metrics.json')) as f:
+    saved = json.load(f)
+  assert saved == metrics
+  assert {'AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AR1', 'AR10', 'AR100', 'ARs', 'ARm', 'ARl'} <= set(saved)
+  assert set(saved['per_category_AP']) == {'c1', 'c2', 'c3', 'c4'}
+  with open(os.path.join(workdir, 'results.json')) as f:
+    results = json.load(f)
+  assert sorted(r['video_id'] for r in results) == [1, 2]
+  assert os.path.exists(os.path.join(workdir, 'results.zip'))
+
+
+def _write_mp4(path: str, frames: np.ndarray) -> None:
+  import imageio.v2 as imageio  # pylint: disable=g-import-not-at-top
+  with imageio.get_writer(path, fps=5, codec='libx264', macro_block_size=1, pixelformat='yuv420p') as writer:
+    for f in frames:
+      writer.append_data(f)
+
+
+def test_predict_on_mp4(straight_run, tmp_path):
+  pytest.importorskip('imageio_ffmpeg')
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from visjax import predict  # pylint: disable=g-import-not-at-top
+  workdir, _ = straight_run
+  config = _config()
+  frames = np.stack([train_toy._example(i, config)['image'][0] for i in range(4)])  # pylint: disable=protected-access
+  frames = np.repeat(np.repeat(frames, 2, axis=1), 2, axis=2)  # [4, 32, 32, 3]
+  video = str(tmp_path / 'clip.mp4')
+  _write_mp4(video, frames)
+  config.predict.input = video
+  config.predict.output = str(tmp_path / 'overlay.gif')
+  config.predict.score_threshold = 0.0
+  config.input.min_size_test = 16
+  out = predict.predict(config, workdir)
+  gif = Image.open(out['overlay'])
+  assert gif.n_frames == 4 and gif.size == (32, 32)
+  with open(out['tracks']) as f:
+    tracks = json.load(f)
+  assert tracks['num_frames'] == 4 and len(tracks['tracks']) == 1
+  track = tracks['tracks'][0]
+  assert track['track_id'] == 1 and len(track['segmentations']) == 4
+  assert all(s is None or s['size'] == [32, 32] for s in track['segmentations'])
+
+
+def test_predict_without_checkpoint_fails_fast(tmp_path):
+  from visjax import predict  # pylint: disable=g-import-not-at-top
+  config = _config()
+  frames_dir = tmp_path / 'frames'
+  frames_dir.mkdir()
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(frames_dir / '0.png')
+  config.predict.input = str(frames_dir)
+  start = time.time()
+  with pytest.raises(FileNotFoundError, match='No checkpoint to run with'):
+    predict.predict(config, str(tmp_path / 'empty'))
+  assert time.time() - start < 1.0
+  config.predict.input = str(tmp_path / 'missing.mp4')
+  with pytest.raises(FileNotFoundError, match='missing.mp4'):
+    predict.predict(config, str(tmp_path / 'empty'))
+
+
+def test_convert_then_eval_uses_ported_weights(straight_run, tmp_path):
+  """A torch-layout .npz ports strictly into WORKDIR/converted; loading it reproduces the source weights."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  config = _config()
+  rng = np.random.default_rng(1)
+  official = {'backbone.weight': rng.normal(size=(8, 3, 3, 3)).astype(np.float32),
+              'backbone.bias': rng.normal(size=(8,)).astype(np.float32),
+              'head.weight': rng.normal(size=(5, 8, 1, 1)).astype(np.float32),
+              'head.bias': rng.normal(size=(5,)).astype(np.float32)}
+  path = str(tmp_path / 'official.npz')
+  np.savez(path, **official)
+  config.init_from = path
+  workdir = str(tmp_path / 'run')
+  restore.convert_checkpoint(config, workdir)
+  config.init_from = ''
+  model = restore.load_model(config, workdir)
+  params = nnx.state(model, nnx.Param).to_pure_dict()
+  np.testing.assert_array_equal(params['backbone']['kernel'], official['backbone.weight'].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(params['head']['bias'], official['head.bias'])
+
+  bad = dict(official, **{'extra.weight': np.zeros(3, np.float32)})
+  del bad['head.bias']
+  bad['backbone.bias'] = np.zeros(7, np.float32)
+  np.savez(path, **bad)
+  config.init_from = path
+  from visjax import convert  # pylint: disable=g-import-not-at-top
+  with pytest.raises(convert.ConversionError) as err:
+    restore.convert_checkpoint(config, str(tmp_path / 'bad'))
+  message = str(err.value)
+  assert 'extra.weight' in message and 'head.bias' in message and 'backbone.bias' in message
+  assert not os.path.exists(tmp_path / 'bad' / 'converted')
