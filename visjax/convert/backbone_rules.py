@@ -1,0 +1,71 @@
+"""Rule tables for the backbones in `visjax.models.backbones`, reusable by every head's table.
+
+Each factory takes the prefix of the backbone in the torch checkpoint (e.g. 'backbone.' for VITA/VISOLO
+detectron2 files, 'detr.detr.backbone.0.backbone.' for IDOL, 'backbone.' for mmdet/IAI) and in the NNX model
+(the dotted path of the backbone module inside the model, '' for a bare backbone).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from visjax.convert.rules import Rule, RuleTable, conv_kernel, drop, linear_kernel, prefixed
+from visjax.models.backbones.swin import relative_position_index
+
+_BN = r'(weight|bias|running_mean|running_var)'
+
+
+def resnet_d2_rules(torch_prefix: str = 'backbone.', nnx_prefix: str = '') -> RuleTable:
+  """detectron2 ResNet (`stem.conv1`, `res{2-5}.{i}.conv{1-3}` / `.shortcut`, each with FrozenBN `.norm`)."""
+  t, n = prefixed(torch_prefix, nnx_prefix)
+  conv = r'(stem\.conv1|res[2-5]\.\d+\.(?:conv[1-3]|shortcut))'
+  return RuleTable([
+      Rule(rf'{t}{conv}\.weight', rf'{n}\g<1>.kernel', conv_kernel),
+      Rule(rf'{t}{conv}\.norm\.{_BN}', rf'{n}\g<1>.norm.\g<2>'),
+      drop(rf'{t}{conv}\.norm\.num_batches_tracked'),
+  ])
+
+
+def resnet_tv_rules(torch_prefix: str = 'backbone.', nnx_prefix: str = '') -> RuleTable:
+  """torchvision / mmdet ResNet (`conv1`, `bn1`, `layer{1-4}.{i}.conv{j}` / `.bn{j}` / `.downsample.{0,1}`).
+
+  `num_batches_tracked` and torchvision's classifier `fc.*` are dropped.
+  """
+  t, n = prefixed(torch_prefix, nnx_prefix)
+  block = r'layer[1-4]\.\d+\.'
+  return RuleTable([
+      Rule(rf'{t}((?:{block})?conv\d|{block}downsample\.0)\.weight', rf'{n}\g<1>.kernel', conv_kernel),
+      Rule(rf'{t}((?:{block})?bn\d|{block}downsample\.1)\.{_BN}', rf'{n}\g<1>.\g<2>'),
+      drop(rf'{t}((?:{block})?bn\d|{block}downsample\.1)\.num_batches_tracked'),
+      drop(rf'{t}fc\.(weight|bias)'),
+  ])
+
+
+def swin_rules(torch_prefix: str = 'backbone.', nnx_prefix: str = '', *, window_size: int) -> RuleTable:
+  """Mask2Former `D2SwinTransformer`. LayerNorm `weight` -> `scale`; Linear weights transposed.
+
+  `relative_position_index` buffers are dropped after checking they equal the index recomputed for
+  `window_size` (the model recomputes it), so a checkpoint for another window size fails loudly.
+  """
+  t, n = prefixed(torch_prefix, nnx_prefix)
+  expected_index = relative_position_index(window_size)
+
+  def check_index(key: str, array: np.ndarray) -> str | None:
+    if array.shape != expected_index.shape or not np.array_equal(array, expected_index):
+      return (f'relative_position_index {array.shape} differs from the one for window_size={window_size} '
+              f'{expected_index.shape}')
+    return None
+
+  block = r'layers\.\d+\.blocks\.\d+\.'
+  norm = rf'(patch_embed\.norm|{block}norm[12]|layers\.\d+\.downsample\.norm|norm\d)'
+  linear = rf'({block}(?:attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)|layers\.\d+\.downsample\.reduction)'
+  return RuleTable([
+      Rule(rf'{t}patch_embed\.proj\.weight', rf'{n}patch_embed.proj.kernel', conv_kernel),
+      Rule(rf'{t}patch_embed\.proj\.bias', rf'{n}patch_embed.proj.bias'),
+      Rule(rf'{t}{norm}\.weight', rf'{n}\g<1>.scale'),
+      Rule(rf'{t}{norm}\.bias', rf'{n}\g<1>.bias'),
+      Rule(rf'{t}{linear}\.weight', rf'{n}\g<1>.kernel', linear_kernel),
+      Rule(rf'{t}{linear}\.bias', rf'{n}\g<1>.bias'),
+      Rule(rf'{t}({block}attn\.relative_position_bias_table)', rf'{n}\g<1>'),
+      drop(rf'{t}{block}attn\.relative_position_index', check_index),
+  ])
