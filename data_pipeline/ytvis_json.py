@@ -208,7 +208,12 @@ def _decode_compressed(strings: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
   Raises:
     _CompressedRleError: naming the first malformed string (empty, bad characters, truncated, too long a value).
   """
-  encoded = [s.encode('ascii', errors='replace') for s in strings]
+  encoded = []
+  for i, counts in enumerate(strings):
+    try:
+      encoded.append(counts.encode('ascii'))
+    except UnicodeEncodeError:
+      raise _CompressedRleError(i, 'non-ASCII characters in a compressed RLE string') from None
   lengths = np.array([len(b) for b in encoded], np.int64)
   if np.any(lengths == 0):
     raise _CompressedRleError(int(np.argmin(lengths)), 'empty counts string')

@@ -146,7 +146,7 @@ def test_json_masks_equal_rendered_visible_masks(synthetic_paths, synthetic_spec
 
 
 def test_motion_entering_leaving_and_occlusion():
-  options = synthetic.Options(max_frames=16)
+  options = synthetic.Options(height=48, width=80, max_frames=12)
   entered = left = partly_hidden = fully_hidden = moved = 0
   for index in range(30):
     video = synthetic.sample_video(11, index, options)

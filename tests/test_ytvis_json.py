@@ -223,6 +223,14 @@ def _mutations() -> dict[str, tuple[Callable, list[str]]]:
     video = c['videos'][0]
     _set_segm(c, {'size': [video['height'], video['width']], 'counts': 'ab cd'})
 
+  def compressed_non_ascii(c):
+    video = c['videos'][0]
+    _set_segm(c, {'size': [video['height'], video['width']], 'counts': '0\u00e90'})
+
+  def compressed_empty(c):
+    video = c['videos'][0]
+    _set_segm(c, {'size': [video['height'], video['width']], 'counts': ''})
+
   def bad_polygon(c):
     _set_segm(c, [[1.0, 2.0, 3.0, 4.0]])
 
@@ -264,6 +272,8 @@ def _mutations() -> dict[str, tuple[Callable, list[str]]]:
       'uncompressed rle sum': (uncompressed_sum, ['annotation id={a}', 'counts sum to 8']),
       'compressed rle sum': (compressed_sum, ['annotation id={a}', 'invalid compressed RLE: decodes to']),
       'compressed rle garbage': (compressed_garbage, ['annotation id={a}', 'invalid compressed RLE']),
+      'compressed rle non-ascii': (compressed_non_ascii, ['annotation id={a}', 'non-ASCII']),
+      'compressed rle empty': (compressed_empty, ['annotation id={a}', 'empty counts string']),
       'bad polygon': (bad_polygon, ['annotation id={a}', 'polygon']),
       'bad bbox': (bad_bbox, ['annotation id={a}', 'bboxes[']),
       'bad area': (bad_area, ['annotation id={a}', 'areas[']),
