@@ -1,0 +1,286 @@
+"""Pallas MSDA kernels for GPU (Triton lowering), with a custom VJP.
+
+STATUS: no GPU was available while this was written, so these kernels have never been compiled by Triton or run
+on a GPU. They are kept correct by construction and by the interpret-mode tests in tests/test_msda_kernels.py
+(forward and gradients vs the XLA path, `interpret=True` on CPU). Triton-specific constraints are respected where
+known (power-of-two block shapes, ref indexing with integer arrays for gathers, `pltriton.atomic_add` with a
+scalar row and a channel slice), but block sizes and `num_warps` are untuned guesses. Note also that the Pallas
+Triton backend is deprecated from jax 0.11 (jax_anchors.md B5).
+
+Layout (as msda-triton and the CUDA op): the grid is `(B, ceil(Q / block_q), M)`; a program owns `block_q` queries
+of one head and all their `K = L * P` samples (padded to a power of two) and `D` channels (padded likewise):
+  * forward: for each of the 4 bilinear corners, one gather `value[rows] -> [block_q, K, D]` and a weighted sum
+    over K accumulated in float32; value may be float32 or bfloat16.
+  * backward (recomputes the forward sampling): gradients of the pixel coordinates and attention weights are
+    reduced over D inside the program; the value gradient is either scattered with `pltriton.atomic_add` inside
+    the kernel (default: fast, run-to-run nondeterministic in summation order, float32 buffer) or, with
+    `deterministic=True`, computed outside the kernel by a sort + segmented scan in XLA (bitwise reproducible,
+    more memory: `[B*Q*M*K*4, D]` float32 temporaries).
+    The atomic scatter loops over (query, sample, corner) with a scalar row and a `D`-channel slice, the same
+    work split as the CUDA kernel (one atomic per channel per corner). It is written this way also because JAX's
+    interpret-mode discharge of `atomic_add` with an integer *array* index is a gather-then-set, which drops
+    duplicate rows; the scalar-row form is exact in interpret mode too, so the tests cover the GPU code path.
+  * `sampling_locations` enter the kernels as pixel coordinates (`loc * W_l - 0.5`, computed in XLA), so their
+    gradient is the kernel's pixel gradient times `W_l` / `H_l` by XLA autodiff.
+"""
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+
+from pallas_kernels.msda import common
+
+_OUTSIDE = -4.0  # pixel coordinate of padded samples: every corner is outside the map.
+
+
+class _Config(NamedTuple):
+  """Static description of one kernel instance (hashable: it is a custom_vjp nondiff argument)."""
+  batch: int
+  tokens: int  # S
+  heads: int  # M
+  level_w: tuple[int, ...]  # per padded sample k
+  level_h: tuple[int, ...]
+  level_start: tuple[int, ...]
+  block_q: int
+  num_warps: int
+  deterministic: bool
+  interpret: bool
+
+
+def _corners(px, py, w, h):
+  """The 4 bilinear corners of pixel coordinates `(px, py)` on a `h x w` map (arrays broadcast together).
+
+  Returns a list of `(pos, valid, wx, wy, sx, sy)`: flat in-map position (clipped), in-map flag, the x and y
+  bilinear factors, and the signs of d(factor)/d(px) and d(factor)/d(py).
+  """
+  wf, hf = (jnp.asarray(w).astype(jnp.float32), jnp.asarray(h).astype(jnp.float32))
+  px = jnp.clip(px, -2.0, wf)  # Keeps floor() and the int cast finite; clipped samples are all-outside anyway.
+  py = jnp.clip(py, -2.0, hf)
+  x0f, y0f = jnp.floor(px), jnp.floor(py)
+  fx, fy = px - x0f, py - y0f
+  x0, y0 = x0f.astype(jnp.int32), y0f.astype(jnp.int32)
+  corners = []
+  for dy in (0, 1):
+    for dx in (0, 1):
+      xi, yi = x0 + dx, y0 + dy
+      valid = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+      pos = jnp.clip(yi, 0, h - 1) * w + jnp.clip(xi, 0, w - 1)
+      wx = fx if dx else 1.0 - fx
+      wy = fy if dy else 1.0 - fy
+      corners.append((pos, valid, wx, wy, 1.0 if dx else -1.0, 1.0 if dy else -1.0))
+  return corners
+
+
+def _rows(pos, start, cfg: _Config, b, m):
+  """Rows of the flattened value `[B * S * M, D]`."""
+  return (b * cfg.tokens + start + pos) * cfg.heads + m
+
+
+def _forward_kernel(w_ref, h_ref, start_ref, value_ref, px_ref, py_ref, a_ref, out_ref, *, cfg: _Config):
+  b, m = pl.program_id(0), pl.program_id(2)
+  w, h, start = w_ref[...], h_ref[...], start_ref[...]  # [1, K]
+  a = a_ref[...].astype(jnp.float32)  # [block_q, K]
+  acc = jnp.zeros(out_ref.shape, jnp.float32)  # [block_q, D]
+  for pos, valid, wx, wy, _, _ in _corners(px_ref[...], py_ref[...], w, h):
+    v = value_ref[_rows(pos, start, cfg, b, m), :].astype(jnp.float32)  # [block_q, K, D]
+    coef = jnp.where(valid, wx * wy * a, 0.0)
+    acc += jnp.sum(coef[:, :, None] * v, axis=1)
+  out_ref[...] = acc.astype(out_ref.dtype)
+
+
+def _backward_kernel(w_ref, h_ref, start_ref, value_ref, px_ref, py_ref, a_ref, g_ref, *refs, cfg: _Config):
+  """Gradients of pixel coordinates and attention weights; value gradient by atomics unless deterministic."""
+  if cfg.deterministic:
+    gpx_ref, gpy_ref, ga_ref = refs
+  else:
+    _, gpx_ref, gpy_ref, ga_ref, gv_ref = refs  # refs[0] is the aliased zero buffer == gv_ref.
+  b, m = pl.program_id(0), pl.program_id(2)
+  w, h, start = w_ref[...], h_ref[...], start_ref[...]
+  a = a_ref[...].astype(jnp.float32)
+  g = g_ref[...].astype(jnp.float32)  # [block_q, D]
+  gpx = jnp.zeros(a.shape, jnp.float32)
+  gpy = jnp.zeros(a.shape, jnp.float32)
+  ga = jnp.zeros(a.shape, jnp.float32)
+  for pos, valid, wx, wy, sx, sy in _corners(px_ref[...], py_ref[...], w, h):
+    v = value_ref[_rows(pos, start, cfg, b, m), :].astype(jnp.float32)  # [block_q, K, D]
+    gv = jnp.where(valid, jnp.sum(v * g[:, None, :], axis=2), 0.0)  # d out / d (corner weight), [block_q, K]
+    ga += wx * wy * gv
+    gpx += sx * wy * a * gv
+    gpy += sy * wx * a * gv
+  gpx_ref[...] = gpx
+  gpy_ref[...] = gpy
+  ga_ref[...] = ga
+  if cfg.deterministic:
+    return
+
+  d = g_ref.shape[1]
+
+  def scatter_query(qi, carry):
+    g_row = g_ref[qi, :].astype(jnp.float32)  # [D]
+    for k, (wk, hk, sk) in enumerate(zip(cfg.level_w, cfg.level_h, cfg.level_start)):
+      a_k = a_ref[qi, k].astype(jnp.float32)
+      for pos, valid, wx, wy, _, _ in _corners(px_ref[qi, k], py_ref[qi, k], wk, hk):
+        coef = jnp.where(valid, wx * wy * a_k, 0.0)
+        pltriton.atomic_add(gv_ref, (_rows(pos, sk, cfg, b, m), pl.ds(0, d)), coef * g_row)
+    return carry
+
+  jax.lax.fori_loop(0, g_ref.shape[0], scatter_query, 0)
+
+
+def _specs(cfg: _Config, k: int, d: int):
+  """BlockSpecs of the per-sample inputs `[B, Qp, M, K]`, of the output `[B, Qp, M * D]`, and of constants."""
+  sample = pl.BlockSpec((None, cfg.block_q, None, k), lambda b, q, m: (b, q, m, 0))
+  out = pl.BlockSpec((None, cfg.block_q, d), lambda b, q, m: (b, q, m))
+  const = pl.BlockSpec((1, k), lambda b, q, m: (0, 0))
+  return sample, out, const
+
+
+def _level_consts(cfg: _Config):
+  return tuple(jnp.asarray(np.array(x, np.int32)[None]) for x in (cfg.level_w, cfg.level_h, cfg.level_start))
+
+
+def _forward(cfg: _Config, value, px, py, a):
+  """value `[B*S*M, D]`, px/py/a `[B, Qp, M, K]` -> `[B, Qp, M*D]` in value.dtype."""
+  b, qp, m, k = px.shape
+  d = value.shape[1]
+  sample, out, const = _specs(cfg, k, d)
+  return pl.pallas_call(
+      functools.partial(_forward_kernel, cfg=cfg),
+      out_shape=jax.ShapeDtypeStruct((b, qp, m * d), value.dtype),
+      grid=(b, qp // cfg.block_q, m),
+      in_specs=[const, const, const, pl.no_block_spec, sample, sample, sample],
+      out_specs=out,
+      compiler_params=pltriton.CompilerParams(num_warps=cfg.num_warps, num_stages=1),
+      interpret=cfg.interpret,
+      name='msda_forward',
+  )(*_level_consts(cfg), value, px, py, a)
+
+
+def _backward(cfg: _Config, value, px, py, a, g):
+  """Returns float32 `(grad_value [B*S*M, D] or None, grad_px, grad_py, grad_a [B, Qp, M, K])`."""
+  b, qp, m, k = px.shape
+  d = value.shape[1]
+  sample, out, const = _specs(cfg, k, d)
+  grad_sample = jax.ShapeDtypeStruct(px.shape, jnp.float32)
+  in_specs = [const, const, const, pl.no_block_spec, sample, sample, sample, out]
+  args = [*_level_consts(cfg), value, px, py, a, g]
+  out_shape = [grad_sample] * 3
+  out_specs = [sample] * 3
+  aliases = {}
+  if not cfg.deterministic:
+    in_specs.append(pl.no_block_spec)
+    args.append(jnp.zeros(value.shape, jnp.float32))
+    out_shape.append(jax.ShapeDtypeStruct(value.shape, jnp.float32))
+    out_specs.append(pl.no_block_spec)
+    aliases = {len(args) - 1: 3}
+  grads = pl.pallas_call(
+      functools.partial(_backward_kernel, cfg=cfg),
+      out_shape=out_shape,
+      grid=(b, qp // cfg.block_q, m),
+      in_specs=in_specs,
+      out_specs=out_specs,
+      input_output_aliases=aliases,
+      compiler_params=pltriton.CompilerParams(num_warps=cfg.num_warps, num_stages=1),
+      interpret=cfg.interpret,
+      name='msda_backward',
+  )(*args)
+  if cfg.deterministic:
+    return (None, *grads)
+  return (grads[3], *grads[:3])
+
+
+def _value_grad_deterministic(cfg: _Config, num_rows: int, px, py, a, g):
+  """Value gradient `[num_rows, D]` float32 by sort + segmented scan: a fixed summation order on any backend."""
+  b, qp, m, k = px.shape
+  d = g.shape[-1]
+  bi = jnp.arange(b, dtype=jnp.int32)[:, None, None, None]
+  mi = jnp.arange(m, dtype=jnp.int32)[None, None, :, None]
+  start = jnp.asarray(cfg.level_start, jnp.int32)
+  rows, coefs = [], []
+  for pos, valid, wx, wy, _, _ in _corners(px, py, jnp.asarray(cfg.level_w, jnp.int32),
+                                           jnp.asarray(cfg.level_h, jnp.int32)):
+    rows.append(_rows(pos, start, cfg, bi, mi))
+    coefs.append(jnp.where(valid, wx * wy * a.astype(jnp.float32), 0.0))
+  rows = jnp.stack(rows, -1).reshape(-1)  # [N], N = B*Qp*M*K*4, ordered (b, q, m, k, corner)
+  coefs = jnp.stack(coefs, -1).reshape(-1)
+  order = jnp.argsort(rows, stable=True)
+  rows = rows[order]
+  g_rows = g.astype(jnp.float32).reshape(b * qp * m, d)
+  contrib = coefs[order, None] * g_rows[order // (k * 4)]  # [N, D]
+  first = jnp.concatenate([jnp.ones((1,), bool), rows[1:] != rows[:-1]])
+
+  def segmented_add(left, right):
+    (fl, vl), (fr, vr) = left, right
+    return fl | fr, jnp.where(fr[:, None], vr, vl + vr)
+
+  _, sums = jax.lax.associative_scan(segmented_add, (first, contrib))
+  last = jnp.concatenate([rows[1:] != rows[:-1], jnp.ones((1,), bool)])
+  target = jnp.where(last, rows, num_rows)  # only each segment's last (complete) sum is written
+  return jnp.zeros((num_rows, d), jnp.float32).at[target].set(sums, mode='drop')
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _msda_core(cfg: _Config, value, px, py, a):
+  return _forward(cfg, value, px, py, a)
+
+
+def _msda_core_fwd(cfg, value, px, py, a):
+  return _forward(cfg, value, px, py, a), (value, px, py, a)
+
+
+def _msda_core_bwd(cfg, residuals, g):
+  value, px, py, a = residuals
+  grad_value, gpx, gpy, ga = _backward(cfg, value, px, py, a, g)
+  if cfg.deterministic:
+    grad_value = _value_grad_deterministic(cfg, value.shape[0], px, py, a, g.reshape(*px.shape[:3], -1))
+  return (grad_value.astype(value.dtype), gpx.astype(px.dtype), gpy.astype(py.dtype), ga.astype(a.dtype))
+
+
+_msda_core.defvjp(_msda_core_fwd, _msda_core_bwd)
+
+
+def ms_deform_attn_pallas(value: jax.Array, spatial_shapes: common.SpatialShapes, sampling_locations: jax.Array,
+                          attention_weights: jax.Array, *, deterministic: bool = False, interpret: bool = False,
+                          block_q: int = 16, num_warps: int = 4) -> jax.Array:
+  """Multi-scale deformable attention with the Pallas Triton kernels (see the module docstring).
+
+  Args:
+    value: `[B, S, M, D]` float32 or bfloat16.
+    spatial_shapes: static `((H_l, W_l), ...)`.
+    sampling_locations: `[B, Q, M, L, P, 2]`.
+    attention_weights: `[B, Q, M, L, P]`.
+    deterministic: compute the value gradient without atomics (see the module docstring).
+    interpret: run the kernels in the Pallas interpreter (CPU tests).
+    block_q: queries per program (a power of two).
+    num_warps: Triton warps per program.
+
+  Returns:
+    `[B, Q, M * D]` in `value.dtype`.
+  """
+  b, s, m, d, q, num_levels, p = common.check_inputs(value, spatial_shapes, sampling_locations, attention_weights)
+  if block_q < 1 or block_q & (block_q - 1):
+    raise ValueError(f'ms_deform_attn_pallas: block_q must be a power of two, got {block_q}.')
+  k = num_levels * p
+  kp = pl.next_power_of_2(k)
+  dp = pl.next_power_of_2(d)
+  qp = pl.cdiv(q, block_q) * block_q
+  pad_k = kp - k
+  wh_f, _ = common.level_constants(spatial_shapes)
+  level_w = tuple(w for _, w in spatial_shapes for _ in range(p)) + (1,) * pad_k
+  level_h = tuple(h for h, _ in spatial_shapes for _ in range(p)) + (1,) * pad_k
+  level_start = tuple(st for st in common.level_starts(spatial_shapes) for _ in range(p)) + (0,) * pad_k
+  cfg = _Config(b, s, m, level_w, level_h, level_start, block_q, num_warps, deterministic, interpret)
+
+  # Pixel coordinates per (b, q, m, k) in float32; padded samples/queries sit outside every map with weight 0.
+  pix = sampling_locations.astype(jnp.float32) * jnp.asarray(wh_f)[:, None, :] - 0.5
+  pads = ((0, 0), (0, qp - q), (0, 0), (0, pad_k))
+  px, py = (jnp.pad(pix[..., i].reshape(b, q, m, k), pads, constant_values=_OUTSIDE) for i in (0, 1))
+  a = jnp.pad(attention_weights.reshape(b, q, m, k), pads)
+  value_rows = jnp.pad(value, ((0, 0), (0, 0), (0, 0), (0, dp - d))).reshape(b * s * m, dp)
+  out = _msda_core(cfg, value_rows, px, py, a)  # [B, Qp, M * Dp]
+  return out.reshape(b, qp, m, dp)[:, :q, :, :d].reshape(b, q, m * d)
