@@ -1,0 +1,141 @@
+"""Conversion rules for the official IDOL checkpoints (wjf5203/VNext `projects/IDOL`, R50 / R101).
+
+The checkpoint is a detectron2 dict whose `model` entry holds the `IDOL` meta-architecture's state (`detr.*`).
+Every key is consumed:
+
+  detr.detr.backbone.0.backbone.*            -> backbone.*            (detectron2 ResNet rules)
+  detr.detr.input_proj.{i}.{0,1}.*           -> input_proj.levels.{i}.{conv,norm}.*
+  detr.detr.query_embed.weight               -> query_embed.embedding
+  detr.detr.transformer.*                    -> transformer.*         (`deformable_transformer_rules`)
+  detr.detr.class_embed.{l}.*                -> class_embed.{l}.*
+  detr.detr.bbox_embed.{l}.layers.{j}.*      -> bbox_embed.{l}.layers.{j}.*
+  detr.detr.transformer.decoder.bbox_embed.* dropped after checking it equals detr.detr.bbox_embed.* (the
+                                             official box-refinement hack registers the same heads twice)
+  detr.controller.layers.{j}.*               -> controller.layers.{j}.*
+  detr.mask_head.{lay1..lay4,dcn}.*          -> mask_head.*
+  detr.reid_embed_head.layers.{j}.*          -> reid_embed_head.layers.{j}.*
+
+Layouts: Linear weight transposed, Conv OIHW -> HWIO, LayerNorm/GroupNorm `weight` -> `scale`, the decoder
+self-attention's fused `in_proj_weight [3C, C]` / `in_proj_bias [3C]` split into q/k/v (rows [0:C], [C:2C], [2C:3C]).
+
+A table built by `idol_rules` is meant for one conversion: the duplicate check pairs the two copies of each box
+head as they stream by, in whichever order they come.
+"""
+
+import re
+
+import numpy as np
+
+from visjax.convert.backbone_rules import resnet_d2_rules
+from visjax.convert.rules import Rule, RuleTable, chunks, conv_kernel, drop, identity, linear_kernel, prefixed
+
+
+def _linear(t: str, n: str, module: str) -> list[Rule]:
+  """`{t}{module}.weight/bias` -> `{n}{module}.kernel/bias` for a regex `module` with groups usable as `\\g<m>`."""
+  return [Rule(rf'{t}(?P<m>{module})\.weight', rf'{n}\g<m>.kernel', linear_kernel),
+          Rule(rf'{t}(?P<m>{module})\.bias', rf'{n}\g<m>.bias')]
+
+
+def _norm(t: str, n: str, module: str) -> list[Rule]:
+  """LayerNorm / GroupNorm: torch `weight` -> NNX `scale`."""
+  return [Rule(rf'{t}(?P<m>{module})\.weight', rf'{n}\g<m>.scale'),
+          Rule(rf'{t}(?P<m>{module})\.bias', rf'{n}\g<m>.bias')]
+
+
+def _conv(t: str, n: str, module: str) -> list[Rule]:
+  return [Rule(rf'{t}(?P<m>{module})\.weight', rf'{n}\g<m>.kernel', conv_kernel),
+          Rule(rf'{t}(?P<m>{module})\.bias', rf'{n}\g<m>.bias')]
+
+
+def deformable_transformer_rules(torch_prefix: str = 'transformer.', nnx_prefix: str = 'transformer.') -> RuleTable:
+  """`DeformableTransformer` (encoder, decoder, level_embed, reference_points); no box heads."""
+  t, n = prefixed(torch_prefix, nnx_prefix)
+  msda = r'(?:sampling_offsets|attention_weights|value_proj|output_proj)'
+  enc = r'encoder\.layers\.\d+\.'
+  dec = r'decoder\.layers\.\d+\.'
+  rules = [Rule(rf'{t}level_embed', rf'{n}level_embed')]
+  rules += _linear(t, n, 'reference_points')
+  rules += _linear(t, n, rf'{enc}self_attn\.{msda}|{enc}linear[12]|{dec}cross_attn\.{msda}|{dec}linear[12]')
+  rules += _linear(t, n, rf'{dec}self_attn\.out_proj')
+  rules += _norm(t, n, rf'{enc}norm[12]|{dec}norm[123]')
+  rules += [
+      Rule(rf'{t}(?P<m>{dec}self_attn)\.in_proj_weight',
+           (rf'{n}\g<m>.q_proj.kernel', rf'{n}\g<m>.k_proj.kernel', rf'{n}\g<m>.v_proj.kernel'),
+           chunks(3, linear_kernel)),
+      Rule(rf'{t}(?P<m>{dec}self_attn)\.in_proj_bias',
+           (rf'{n}\g<m>.q_proj.bias', rf'{n}\g<m>.k_proj.bias', rf'{n}\g<m>.v_proj.bias'), chunks(3)),
+  ]
+  return RuleTable(rules)
+
+
+def input_proj_rules(torch_prefix: str = 'input_proj.', nnx_prefix: str = 'input_proj.') -> RuleTable:
+  """`input_proj.{i}.0` (conv) / `.1` (GroupNorm) -> `InputProjection.levels.{i}.conv` / `.norm`."""
+  t, n = prefixed(torch_prefix, nnx_prefix)
+  return RuleTable([
+      Rule(rf'{t}(\d+)\.0\.weight', rf'{n}levels.\1.conv.kernel', conv_kernel),
+      Rule(rf'{t}(\d+)\.0\.bias', rf'{n}levels.\1.conv.bias'),
+      Rule(rf'{t}(\d+)\.1\.weight', rf'{n}levels.\1.norm.scale'),
+      Rule(rf'{t}(\d+)\.1\.bias', rf'{n}levels.\1.norm.bias'),
+  ])
+
+
+class _DuplicatePairs:
+  """Pairs each original box-head tensor with its duplicate, in either arrival order, and compares them."""
+
+  def __init__(self):
+    self.seen_original: dict[str, np.ndarray] = {}
+    self.seen_duplicate: dict[str, np.ndarray] = {}
+
+  @staticmethod
+  def _differs(a: np.ndarray, b: np.ndarray) -> str | None:
+    if a.shape != b.shape:
+      return f'shape {b.shape} differs from the original {a.shape}'
+    if not np.array_equal(a, b):
+      return f'values differ from the original (max abs diff {np.max(np.abs(a - b)):.3g})'
+    return None
+
+  def original(self, suffix: str):
+    """Transform for `detr.detr.bbox_embed.{suffix}`: records it, fails if an earlier duplicate differs."""
+
+    def transform(x: np.ndarray):
+      x = np.asarray(x)
+      self.seen_original[suffix] = x
+      if suffix in self.seen_duplicate:
+        message = self._differs(x, self.seen_duplicate[suffix])
+        if message:
+          raise ValueError(f'duplicate detr.detr.transformer.decoder.bbox_embed.{suffix}: {message}')
+      return linear_kernel(x) if suffix.endswith('weight') else x
+
+    return transform
+
+  def check_duplicate(self, key: str, x: np.ndarray) -> str | None:
+    """Drop check for `detr.detr.transformer.decoder.bbox_embed.{suffix}`."""
+    suffix = key.split('decoder.bbox_embed.', 1)[1]
+    x = np.asarray(x)
+    self.seen_duplicate[suffix] = x
+    if suffix in self.seen_original:
+      return self._differs(self.seen_original[suffix], x)
+    return None
+
+
+def idol_rules(num_decoder_layers: int = 6, mlp_layers: int = 3) -> RuleTable:
+  """The full IDOL table (see module docstring); the box heads get one rule per tensor for the duplicate check."""
+  pairs = _DuplicatePairs()
+  box_rules = []
+  for lid in range(num_decoder_layers):
+    for j in range(mlp_layers):
+      for kind, target in (('weight', 'kernel'), ('bias', 'bias')):
+        suffix = f'{lid}.layers.{j}.{kind}'
+        box_rules.append(Rule(re.escape(f'detr.detr.bbox_embed.{suffix}'), f'bbox_embed.{lid}.layers.{j}.{target}',
+                              pairs.original(suffix)))
+  rules = (resnet_d2_rules('detr.detr.backbone.0.backbone.', 'backbone')
+           + input_proj_rules('detr.detr.input_proj.', 'input_proj')
+           + deformable_transformer_rules('detr.detr.transformer.', 'transformer')
+           + box_rules
+           + [drop(r'detr\.detr\.transformer\.decoder\.bbox_embed\.\d+\.layers\.\d+\.(weight|bias)',
+                   pairs.check_duplicate),
+              Rule(r'detr\.detr\.query_embed\.weight', 'query_embed.embedding', identity)]
+           + _linear('detr\\.detr\\.', '', r'class_embed\.\d+')
+           + _linear('detr\\.', '', r'(?:controller|reid_embed_head)\.layers\.\d+')
+           + _conv('detr\\.', '', r'mask_head\.(?:lay[1-4]|dcn)'))
+  return RuleTable(rules)
