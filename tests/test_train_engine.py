@@ -1,11 +1,12 @@
 """Engine tests in-process on 1 CPU device with the test-only method of tests/train_toy.py.
 
-Stop-and-resume reproduces the uninterrupted losses exactly; NaN stops training naming the step and keeps the
+Stop-and-resume, in-process and through the CLI after SIGKILL, reproduces the uninterrupted losses exactly; NaN stops training naming the step and keeps the
 last good checkpoint; gradient accumulation; eval writes results + metrics; predict on an mp4; convert.
 """
 
 import json
 import os
+import signal
 import time
 
 import numpy as np
@@ -75,6 +76,21 @@ def test_stop_and_resume_reproduces_losses(straight_run, tmp_path):
     f.write(json.dumps({'step': 3, 'loss': -1.0}) + '\n')
   trainer.train(_config(num_steps=4, checkpoint_every=2), workdir)
   _assert_same_losses(train_toy.read_log(workdir), want)
+
+
+def test_cli_sigkill_and_resume_reproduces_uninterrupted_losses(straight_run, tmp_path):
+  """`python -m visjax.main` killed by SIGKILL mid-run, restarted: the same losses as the uninterrupted run."""
+  _, want = straight_run
+  workdir = str(tmp_path / 'killed')
+  flags = ('--config.train.num_steps=4', '--config.train.checkpoint_every=2')
+  killed = train_toy.run_main(workdir, *flags, '--config.toy_kill_at_batch=3')
+  assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-3000:]
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2']
+  resumed = train_toy.run_main(workdir, *flags)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  _assert_same_losses(train_toy.read_log(workdir), want)
+  assert os.path.exists(os.path.join(workdir, 'logs'))  # TensorBoard events
+  assert any(f.startswith('events') for f in os.listdir(os.path.join(workdir, 'logs')))
 
 
 def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):

@@ -73,7 +73,8 @@ def mesh_shape(data: int, model: int, num_devices: int) -> tuple[int, int]:
       raise ValueError(f'config.mesh.data={data} does not divide the {num_devices} devices.')
     model = num_devices // data
   if data * model != num_devices:
-    raise ValueError(f'Mesh data={data} x model={model} needs {data * model} devices; {num_devices} are present.')
+    raise ValueError(f'config.mesh data={data} x model={model} needs {data * model} devices; '
+                     f'{num_devices} are present.')
   return data, model
 
 

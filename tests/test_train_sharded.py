@@ -1,0 +1,99 @@
+"""The same 3 train steps on 1 device, on 8 fake CPU devices (meshes 4×2 with FSDP rules, and 8×1), and in a
+2-process run on loopback (jax.distributed, CPU collectives): losses agree to rel 1e-5."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from tests import train_toy
+from visjax.train import trainer
+
+_TERMS = ('loss', 'loss_mask', 'loss_ce')
+
+_MULTI_DEVICE_SCRIPT = r'''
+import json, sys
+import jax
+from tests import train_toy
+from visjax.models import registry
+from visjax.train import mesh as mesh_lib, trainer
+assert jax.device_count() == 8, jax.devices()
+out = {}
+for data, model, rules in ((4, 2, [('backbone|head', 'fsdp')]), (8, 1, [])):
+  c = train_toy.get_config()
+  c.mesh.data, c.mesh.model, c.mesh.fsdp_rules = data, model, rules
+  workdir = f'{sys.argv[1]}/{data}x{model}'
+  trainer.train(c, workdir)
+  mesh = mesh_lib.create_mesh(c)
+  setup = trainer.build_setup(c, registry.get_method(c.method), mesh)
+  spec = lambda s: [a for a in s.spec]
+  out[f'{data}x{model}'] = {
+      'log': train_toy.read_log(workdir),
+      'mesh': dict(mesh.shape),
+      'kernel_spec': spec(setup.state_sharding['params']['backbone']['kernel']),
+      'mu_spec': spec(setup.state_sharding['opt_state'][1].mu['backbone']['kernel']),
+  }
+print('RESULT' + json.dumps(out))
+'''
+
+
+def _assert_close(got, want, rel=1e-5):
+  assert [r['step'] for r in got] == [r['step'] for r in want] == [1, 2, 3]
+  for g, w in zip(got, want):
+    for k in _TERMS:
+      assert abs(g[k] - w[k]) <= rel * abs(w[k]), (g['step'], k, g[k], w[k])
+
+
+@pytest.fixture(scope='module')
+def one_device_log(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('one'))
+  trainer.train(train_toy.get_config(), workdir)
+  return train_toy.read_log(workdir)
+
+
+def test_eight_fake_devices_match_one(one_device_log, tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=train_toy.REPO, TF_CPP_MIN_LOG_LEVEL='3',
+             XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  proc = subprocess.run([sys.executable, '-c', _MULTI_DEVICE_SCRIPT, str(tmp_path)], cwd=train_toy.REPO, env=env,
+                        capture_output=True, text=True, timeout=400)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  out = json.loads(proc.stdout.split('RESULT', 1)[1])
+  assert out['4x2']['mesh'] == {'data': 4, 'model': 2}
+  assert out['8x1']['mesh'] == {'data': 8, 'model': 1}
+  # FSDP rule: the conv kernel [3, 3, 3, 8] and its Adam moment shard their last dim over 'data'.
+  assert out['4x2']['kernel_spec'] == [None, None, None, 'data']
+  assert out['4x2']['mu_spec'] == [None, None, None, 'data']
+  assert out['8x1']['kernel_spec'] == []
+  for name in ('4x2', '8x1'):
+    _assert_close(out[name]['log'], one_device_log)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_on_loopback_match_one(one_device_log, tmp_path):
+  workdir = str(tmp_path)
+  address = f'127.0.0.1:{_free_port()}'
+  procs = [train_toy.run_main(workdir, '--config.mesh.data=2', wait=False,
+                              env={'JAX_COORDINATOR_ADDRESS': address, 'JAX_NUM_PROCESSES': '2',
+                                   'JAX_PROCESS_ID': str(i)})
+           for i in range(2)]
+  outputs = []
+  for p in procs:
+    try:
+      outputs.append(p.communicate(timeout=400)[0])
+    except subprocess.TimeoutExpired:
+      for q in procs:
+        q.kill()
+      raise
+  for p, text in zip(procs, outputs):
+    assert p.returncode == 0, text[-4000:]
+  assert 'process 0 of 2' in outputs[0] and 'process 1 of 2' in outputs[1]
+  _assert_close(train_toy.read_log(workdir), one_device_log)
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3']
