@@ -208,3 +208,27 @@ def test_pallas_gpu_interpret_bfloat16():
       value, loc, aw)
   assert out.dtype == jnp.bfloat16
   assert rel_err(out, msda_numpy(np.asarray(value, np.float64), spatial_shapes, loc, aw)) < 5e-3
+
+
+@pytest.mark.parametrize('local', [False, True])
+def test_pallas_tpu_interpret_forward_and_gradients_match_xla(local):
+  if local:
+    # Several value tiles and query blocks, samples clustered so that most (block, tile) pairs are skipped.
+    spatial_shapes, dims = ((20, 15), (2, 3)), (1, 20, 2, 3, 2)
+    value, loc, aw = make_inputs(np.random.default_rng(61), spatial_shapes, *dims)
+    loc = 0.1 + 0.2 * np.abs(loc) % 1.0 + np.linspace(0.0, 0.6, 20)[None, :, None, None, None, None]
+  else:
+    spatial_shapes, *dims = CASES[0]
+    value, loc, aw = make_inputs(np.random.default_rng(60), spatial_shapes, *dims)
+    loc[:, 1] = loc[:, 0]
+  impl = lambda v, l, a: msda.ms_deform_attn(v, spatial_shapes, l, a, implementation='pallas_tpu')
+  if local:
+    from pallas_kernels.msda import tpu  # pylint: disable=g-import-not-at-top
+    impl = lambda v, l, a: tpu.ms_deform_attn_tpu(v, spatial_shapes, l, a, interpret=True, block_q=8, block_s=128)
+  out = jax.jit(impl)(value, loc, aw)
+  assert rel_err(out, msda_numpy(value, spatial_shapes, loc, aw)) < 1e-6
+  cot = np.random.default_rng(62).standard_normal(out.shape).astype(np.float32)
+  expected = _grads(msda.ms_deform_attn_xla, value, spatial_shapes, loc, aw, cot)
+  got = jax.jit(jax.grad(lambda v, l, a: jnp.sum(impl(v, l, a) * cot), argnums=(0, 1, 2)))(value, loc, aw)
+  for name, x, y in zip(('value', 'sampling_locations', 'attention_weights'), got, expected):
+    assert rel_err(x, y) < 1e-5, name

@@ -84,3 +84,43 @@ def level_constants(spatial_shapes: Sequence[tuple[int, int]]) -> tuple[np.ndarr
 def accumulation_dtype(*arrays: jax.Array):
   """float32, or float64 when any input is float64 (gradient checks under x64)."""
   return jnp.result_type(jnp.float32, *(x.dtype for x in arrays))
+
+
+def bilinear_corners(px, py, w, h):
+  """The 4 bilinear corners of pixel coordinates `(px, py)` on a `h x w` map (arrays broadcast together).
+
+  Returns a list of `(pos, valid, wx, wy, sx, sy)`: flat in-map position (clipped), in-map flag, the x and y
+  bilinear factors, and the signs of d(factor)/d(px) and d(factor)/d(py).
+  """
+  wf, hf = (jnp.asarray(w).astype(jnp.float32), jnp.asarray(h).astype(jnp.float32))
+  px = jnp.clip(px, -2.0, wf)  # Keeps floor() and the int cast finite; clipped samples are all-outside anyway.
+  py = jnp.clip(py, -2.0, hf)
+  x0f, y0f = jnp.floor(px), jnp.floor(py)
+  fx, fy = px - x0f, py - y0f
+  x0, y0 = x0f.astype(jnp.int32), y0f.astype(jnp.int32)
+  corners = []
+  for dy in (0, 1):
+    for dx in (0, 1):
+      xi, yi = x0 + dx, y0 + dy
+      valid = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+      pos = jnp.clip(yi, 0, h - 1) * w + jnp.clip(xi, 0, w - 1)
+      wx = fx if dx else 1.0 - fx
+      wy = fy if dy else 1.0 - fy
+      corners.append((pos, valid, wx, wy, 1.0 if dx else -1.0, 1.0 if dy else -1.0))
+  return corners
+
+
+def per_sample_levels(spatial_shapes: SpatialShapes, points: int) -> tuple[tuple[int, ...], ...]:
+  """`(W, H, level_start)` of each of the `K = L * P` samples (level-major), as python int tuples."""
+  starts = level_starts(spatial_shapes)
+  return (tuple(w for _, w in spatial_shapes for _ in range(points)),
+          tuple(h for h, _ in spatial_shapes for _ in range(points)),
+          tuple(st for st in starts for _ in range(points)))
+
+
+def pixel_coordinates(spatial_shapes: SpatialShapes, sampling_locations: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """float32 pixel coordinates `(px, py)`, each `[B, Q, M, K]`: `loc * (W_l, H_l) - 0.5` (grid_sample's unnormalise)."""
+  b, q, m, num_levels, p, _ = sampling_locations.shape
+  wh_f, _ = level_constants(spatial_shapes)
+  pix = sampling_locations.astype(jnp.float32) * jnp.asarray(wh_f)[:, None, :] - 0.5
+  return pix[..., 0].reshape(b, q, m, num_levels * p), pix[..., 1].reshape(b, q, m, num_levels * p)

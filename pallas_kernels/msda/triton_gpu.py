@@ -52,30 +52,6 @@ class _Config(NamedTuple):
   interpret: bool
 
 
-def _corners(px, py, w, h):
-  """The 4 bilinear corners of pixel coordinates `(px, py)` on a `h x w` map (arrays broadcast together).
-
-  Returns a list of `(pos, valid, wx, wy, sx, sy)`: flat in-map position (clipped), in-map flag, the x and y
-  bilinear factors, and the signs of d(factor)/d(px) and d(factor)/d(py).
-  """
-  wf, hf = (jnp.asarray(w).astype(jnp.float32), jnp.asarray(h).astype(jnp.float32))
-  px = jnp.clip(px, -2.0, wf)  # Keeps floor() and the int cast finite; clipped samples are all-outside anyway.
-  py = jnp.clip(py, -2.0, hf)
-  x0f, y0f = jnp.floor(px), jnp.floor(py)
-  fx, fy = px - x0f, py - y0f
-  x0, y0 = x0f.astype(jnp.int32), y0f.astype(jnp.int32)
-  corners = []
-  for dy in (0, 1):
-    for dx in (0, 1):
-      xi, yi = x0 + dx, y0 + dy
-      valid = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
-      pos = jnp.clip(yi, 0, h - 1) * w + jnp.clip(xi, 0, w - 1)
-      wx = fx if dx else 1.0 - fx
-      wy = fy if dy else 1.0 - fy
-      corners.append((pos, valid, wx, wy, 1.0 if dx else -1.0, 1.0 if dy else -1.0))
-  return corners
-
-
 def _rows(pos, start, cfg: _Config, b, m):
   """Rows of the flattened value `[B * S * M, D]`."""
   return (b * cfg.tokens + start + pos) * cfg.heads + m
@@ -86,7 +62,7 @@ def _forward_kernel(w_ref, h_ref, start_ref, value_ref, px_ref, py_ref, a_ref, o
   w, h, start = w_ref[...], h_ref[...], start_ref[...]  # [1, K]
   a = a_ref[...].astype(jnp.float32)  # [block_q, K]
   acc = jnp.zeros(out_ref.shape, jnp.float32)  # [block_q, D]
-  for pos, valid, wx, wy, _, _ in _corners(px_ref[...], py_ref[...], w, h):
+  for pos, valid, wx, wy, _, _ in common.bilinear_corners(px_ref[...], py_ref[...], w, h):
     v = value_ref[_rows(pos, start, cfg, b, m), :].astype(jnp.float32)  # [block_q, K, D]
     coef = jnp.where(valid, wx * wy * a, 0.0)
     acc += jnp.sum(coef[:, :, None] * v, axis=1)
@@ -106,7 +82,7 @@ def _backward_kernel(w_ref, h_ref, start_ref, value_ref, px_ref, py_ref, a_ref, 
   gpx = jnp.zeros(a.shape, jnp.float32)
   gpy = jnp.zeros(a.shape, jnp.float32)
   ga = jnp.zeros(a.shape, jnp.float32)
-  for pos, valid, wx, wy, sx, sy in _corners(px_ref[...], py_ref[...], w, h):
+  for pos, valid, wx, wy, sx, sy in common.bilinear_corners(px_ref[...], py_ref[...], w, h):
     v = value_ref[_rows(pos, start, cfg, b, m), :].astype(jnp.float32)  # [block_q, K, D]
     gv = jnp.where(valid, jnp.sum(v * g[:, None, :], axis=2), 0.0)  # d out / d (corner weight), [block_q, K]
     ga += wx * wy * gv
@@ -124,7 +100,7 @@ def _backward_kernel(w_ref, h_ref, start_ref, value_ref, px_ref, py_ref, a_ref, 
     g_row = g_ref[qi, :].astype(jnp.float32)  # [D]
     for k, (wk, hk, sk) in enumerate(zip(cfg.level_w, cfg.level_h, cfg.level_start)):
       a_k = a_ref[qi, k].astype(jnp.float32)
-      for pos, valid, wx, wy, _, _ in _corners(px_ref[qi, k], py_ref[qi, k], wk, hk):
+      for pos, valid, wx, wy, _, _ in common.bilinear_corners(px_ref[qi, k], py_ref[qi, k], wk, hk):
         coef = jnp.where(valid, wx * wy * a_k, 0.0)
         pltriton.atomic_add(gv_ref, (_rows(pos, sk, cfg, b, m), pl.ds(0, d)), coef * g_row)
     return carry
@@ -202,7 +178,7 @@ def _value_grad_deterministic(cfg: _Config, num_rows: int, px, py, a, g):
   mi = jnp.arange(m, dtype=jnp.int32)[None, None, :, None]
   start = jnp.asarray(cfg.level_start, jnp.int32)
   rows, coefs = [], []
-  for pos, valid, wx, wy, _, _ in _corners(px, py, jnp.asarray(cfg.level_w, jnp.int32),
+  for pos, valid, wx, wy, _, _ in common.bilinear_corners(px, py, jnp.asarray(cfg.level_w, jnp.int32),
                                            jnp.asarray(cfg.level_h, jnp.int32)):
     rows.append(_rows(pos, start, cfg, bi, mi))
     coefs.append(jnp.where(valid, wx * wy * a.astype(jnp.float32), 0.0))
@@ -270,16 +246,14 @@ def ms_deform_attn_pallas(value: jax.Array, spatial_shapes: common.SpatialShapes
   dp = pl.next_power_of_2(d)
   qp = pl.cdiv(q, block_q) * block_q
   pad_k = kp - k
-  wh_f, _ = common.level_constants(spatial_shapes)
-  level_w = tuple(w for _, w in spatial_shapes for _ in range(p)) + (1,) * pad_k
-  level_h = tuple(h for h, _ in spatial_shapes for _ in range(p)) + (1,) * pad_k
-  level_start = tuple(st for st in common.level_starts(spatial_shapes) for _ in range(p)) + (0,) * pad_k
-  cfg = _Config(b, s, m, level_w, level_h, level_start, block_q, num_warps, deterministic, interpret)
+  level_w, level_h, level_start = common.per_sample_levels(spatial_shapes, p)
+  cfg = _Config(b, s, m, level_w + (1,) * pad_k, level_h + (1,) * pad_k, level_start + (0,) * pad_k, block_q,
+                num_warps, deterministic, interpret)
 
-  # Pixel coordinates per (b, q, m, k) in float32; padded samples/queries sit outside every map with weight 0.
-  pix = sampling_locations.astype(jnp.float32) * jnp.asarray(wh_f)[:, None, :] - 0.5
+  # Padded samples and queries sit outside every map, with weight 0.
   pads = ((0, 0), (0, qp - q), (0, 0), (0, pad_k))
-  px, py = (jnp.pad(pix[..., i].reshape(b, q, m, k), pads, constant_values=_OUTSIDE) for i in (0, 1))
+  px, py = (jnp.pad(x, pads, constant_values=_OUTSIDE)
+            for x in common.pixel_coordinates(spatial_shapes, sampling_locations))
   a = jnp.pad(attention_weights.reshape(b, q, m, k), pads)
   value_rows = jnp.pad(value, ((0, 0), (0, 0), (0, 0), (0, dp - d))).reshape(b * s * m, dp)
   out = _msda_core(cfg, value_rows, px, py, a)  # [B, Qp, M * Dp]
