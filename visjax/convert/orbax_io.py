@@ -1,6 +1,6 @@
 """Saving a converted model as an orbax checkpoint, and loading it back into a freshly built model.
 
-The checkpoint holds the model's state as a nested dict of arrays (`nnx.State.to_pure_dict()`, RNG state
+The checkpoint holds the model's state as a nested dict of arrays (`nnx.to_pure_dict`, RNG state
 excluded), so it restores into any model built with the same config, whatever its random init.
 """
 
@@ -26,7 +26,7 @@ def save_converted(model_or_state: nnx.Module | nnx.State, path: str | os.PathLi
   if os.path.exists(path) and not overwrite:
     raise FileExistsError(f'{path} exists; pass overwrite=True to replace it')
   checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(path, target_state(model_or_state).to_pure_dict(), force=overwrite)
+  checkpointer.save(path, nnx.to_pure_dict(target_state(model_or_state)), force=overwrite)
   checkpointer.wait_until_finished()
   return path
 
@@ -42,7 +42,7 @@ def load_converted(path: str | os.PathLike, model: nnx.Module) -> nnx.Module:
   if not os.path.isdir(path):
     raise FileNotFoundError(f'no converted checkpoint at {path}')
   state = target_state(model)
-  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state.to_pure_dict())
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), nnx.to_pure_dict(state))
   restored = ocp.StandardCheckpointer().restore(path, abstract)
   nnx.replace_by_pure_dict(state, restored)
   nnx.update(model, state)

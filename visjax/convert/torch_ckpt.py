@@ -94,16 +94,17 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if name == '__metadata__':
       continue
     dtype, shape, (begin, end) = info['dtype'], tuple(info['shape']), info['data_offsets']
-    count = int(np.prod(shape, dtype=np.int64))
-    if dtype == 'BF16':
-      bits = np.frombuffer(buf[begin:end], '<u2', count)
-      arr = (bits.astype(np.uint32) << 16).view(np.float32)
-    elif dtype in _ST_DTYPES:
-      arr = np.frombuffer(buf[begin:end], _ST_DTYPES[dtype], count)
-    else:
+    if dtype != 'BF16' and dtype not in _ST_DTYPES:
       raise CheckpointFormatError(f'{path}: tensor {name!r} has unsupported dtype {dtype}')
-    if arr.nbytes != end - begin:
-      raise CheckpointFormatError(f'{path}: tensor {name!r} has {end - begin} bytes for shape {shape} {dtype}')
+    count = int(np.prod(shape, dtype=np.int64))
+    itemsize = 2 if dtype == 'BF16' else np.dtype(_ST_DTYPES[dtype]).itemsize
+    if count * itemsize != end - begin or not 0 <= begin <= end <= len(buf):
+      raise CheckpointFormatError(f'{path}: tensor {name!r} has data_offsets [{begin}, {end}] for shape {shape} '
+                                  f'{dtype} in a {len(buf)}-byte buffer')
+    if dtype == 'BF16':
+      arr = (np.frombuffer(buf[begin:end], '<u2', count).astype(np.uint32) << 16).view(np.float32)
+    else:
+      arr = np.frombuffer(buf[begin:end], _ST_DTYPES[dtype], count)
     out[name] = arr.reshape(shape).copy()
   return out
 
