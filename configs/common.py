@@ -23,6 +23,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.name = 'synthetic'
   c.dataset.root = ''  # YTVIS-layout root (JPEGImages/, train.json, valid.json)
   c.dataset.tfrecords = ''  # directory of converted TFRecord shards (+ manifest)
+  c.dataset.eval_tfrecords = ''  # converted eval split ('' = dataset.tfrecords)
+  c.dataset.prepare = ''  # 'synthetic': generate + convert the dataset before training if absent
   c.dataset.train_json = ''
   c.dataset.valid_json = ''
   c.dataset.num_classes = 40
@@ -74,6 +76,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.predict.output = ''
   c.predict.score_threshold = 0.3
   c.predict.fps = 6.0
+  c.predict.after_eval = False  # train_and_eval: also predict on predict.input (default: first eval video)
 
   c.convert = ml_collections.ConfigDict()  # regexes waiving strict-conversion errors (see visjax.convert)
   c.convert.allow_missing = ()

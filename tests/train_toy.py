@@ -190,11 +190,11 @@ class ToyIterator:
     self.position = int(state['position'])
 
 
-def make_train_iterator(config, process_index: int, process_count: int) -> ToyIterator:
+def make_train_iterator(config, *, process_index: int = 0, process_count: int = 1) -> ToyIterator:
   return ToyIterator(config, process_index, process_count)
 
 
-def eval_videos(config, process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, Any]]:
+def eval_videos(config, *, process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, Any]]:
   h, w = config.input.size
   for vid in range(process_index, config.toy_eval_videos, process_count):
     ex = _example(10_000 + vid, config)

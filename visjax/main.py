@@ -38,12 +38,19 @@ def run(config, workdir: str, mode: str) -> dict:
     from visjax.train import restore  # pylint: disable=g-import-not-at-top
     return {'converted': restore.convert_checkpoint(config, workdir)}
   from visjax.train import evaluate  # pylint: disable=g-import-not-at-top
+  from visjax.train import prepare  # pylint: disable=g-import-not-at-top
   from visjax.train import trainer  # pylint: disable=g-import-not-at-top
+  prepare.prepare_dataset(config)
   out = {}
   if mode in ('train', 'train_and_eval'):
     out['train'] = trainer.train(config, workdir)
   if mode in ('eval', 'train_and_eval'):
     out['eval'] = evaluate.evaluate(config, workdir)
+  if mode == 'train_and_eval' and config.predict.get('after_eval', False):
+    from visjax import predict  # pylint: disable=g-import-not-at-top
+    if not config.predict.input:
+      config.predict.input = prepare.first_video_dir(config)
+    out['predict'] = predict.predict(config, workdir)
   return out
 
 

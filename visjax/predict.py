@@ -1,6 +1,7 @@
 """`--mode predict`: run a trained or converted model on one video (mp4 or a folder of frames).
 
-Writes the overlay (`config.predict.output`, default WORKDIR/overlay.mp4; .gif / .mp4 / a directory for PNGs)
+Writes the overlay (`config.predict.output`, relative to WORKDIR, default overlay.mp4; .gif / .mp4 / a directory
+for PNG frames)
 with one colour and label per track, and WORKDIR/tracks.json: per track its id, category, score and per-frame
 RLE (`None` where absent). Tracks below `config.predict.score_threshold` are dropped. The test-time resize is
 detectron2's ResizeShortestEdge(min_size_test, max_size_test) with zero padding to `size_divisibility`.
@@ -101,7 +102,7 @@ def predict(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
     labels.append(_label(r, track, names))
     tracks.append(dict(r, track_id=track, category_name=names.get(r['category_id'], '')))
   os.makedirs(workdir, exist_ok=True)
-  out = config.predict.output or os.path.join(workdir, 'overlay.mp4')
+  out = os.path.join(workdir, config.predict.output or 'overlay.mp4')  # relative paths land in workdir
   visualize.write_video(visualize.overlay_video(frames, masks, labels), out, fps=config.predict.get('fps', 6.0))
   tracks_path = os.path.join(workdir, TRACKS_JSON)
   with open(tracks_path, 'w') as f:

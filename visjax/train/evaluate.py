@@ -31,7 +31,8 @@ _PARTS = 'eval_parts'
 def predict_split(config: ml_collections.ConfigDict, model: nnx.Module) -> tuple[list[dict], list[int]]:
   """(result records, video ids) of this process's share of the eval split."""
   method = registry.get_method(config.method)
-  videos = trainer.data_source(config).eval_videos(config, jax.process_index(), jax.process_count())
+  videos = trainer.data_source(config).eval_videos(
+      config, process_index=jax.process_index(), process_count=jax.process_count())
   max_videos = int(config.eval.get('max_videos', -1))
   records, video_ids = [], []
   for video in tqdm.tqdm(videos, desc='eval', unit='video', disable=jax.process_index() != 0):

@@ -295,7 +295,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   with jax.set_mesh(mesh):
     setup = build_setup(config, method, mesh)
     state, start, data_state = restore_or_init(config, method, setup, checkpointer)
-    iterator = data_source(config).make_train_iterator(config, jax.process_index(), jax.process_count())
+    iterator = data_source(config).make_train_iterator(
+        config, process_index=jax.process_index(), process_count=jax.process_count())
     if data_state:
       iterator.set_state(data_state)
     step_fn = make_train_step(config, method, setup, mesh)
