@@ -146,6 +146,14 @@ def test_default_implementation_by_backend():
   assert msda.default_implementation('gpu') == 'pallas'
 
 
+@pytest.mark.parametrize('backend, implementation', [('tpu', 'pallas'), ('gpu', 'pallas_tpu')])
+def test_unavailable_implementation_raises(monkeypatch, backend, implementation):
+  value, loc, aw = make_inputs(np.random.default_rng(0), ((3, 4),), 1, 2, 1, 2, 1)
+  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
+  with pytest.raises(NotImplementedError, match=f"implementation='{implementation}'"):
+    msda.ms_deform_attn(value, ((3, 4),), loc, aw, implementation=implementation)
+
+
 @pytest.mark.parametrize('bad, message', [
     (dict(implementation='cuda'), 'implementation must be one of'),
     (dict(spatial_shapes=((3, 4),)), 'tokens but spatial_shapes'),
