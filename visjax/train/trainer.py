@@ -261,6 +261,31 @@ def _check_finite(step: int, metrics: dict[str, float], checkpoint_dir: str, las
         f'Last good checkpoint: {where}.')
 
 
+_STATE_BYTES = 4096
+
+
+def _all_data_states(local: dict[str, Any]) -> dict[str, Any]:
+  """{'per_process': [state of process 0, 1, ...]}: every process's iterator state, gathered for the checkpoint."""
+  if jax.process_count() == 1:
+    return {'per_process': [local]}
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  encoded = json.dumps(local).encode()
+  if len(encoded) > _STATE_BYTES:
+    raise ValueError(f'Input iterator state is {len(encoded)} bytes of JSON; at most {_STATE_BYTES} supported.')
+  buf = np.zeros((_STATE_BYTES,), np.uint8)
+  buf[:len(encoded)] = np.frombuffer(encoded, np.uint8)
+  gathered = np.asarray(multihost_utils.process_allgather(buf))  # [processes, _STATE_BYTES]
+  return {'per_process': [json.loads(bytes(row).rstrip(b'\0').decode()) for row in gathered]}
+
+
+def _process_data_state(saved: dict[str, Any]) -> dict[str, Any]:
+  per_process = saved['per_process']
+  if len(per_process) != jax.process_count():
+    raise ValueError(f'The checkpoint holds input states of {len(per_process)} processes; this run has '
+                     f'{jax.process_count()}. Resume with the same number of processes.')
+  return per_process[jax.process_index()]
+
+
 def restore_or_init(config: ml_collections.ConfigDict, method: registry.Method, setup: ModelSetup,
                     checkpointer: ckpt_lib.Checkpointer) -> tuple[Any, int, dict | None]:
   """(state, start_step, data_state): resumes the latest checkpoint, else initialises (+ `config.init_from`)."""
@@ -298,7 +323,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     iterator = data_source(config).make_train_iterator(
         config, process_index=jax.process_index(), process_count=jax.process_count())
     if data_state:
-      iterator.set_state(data_state)
+      iterator.set_state(_process_data_state(data_state))
     step_fn = make_train_step(config, method, setup, mesh)
     logger = MetricLogger(workdir, start_step=start, num_steps=num_steps, log_every=config.train.log_every,
                           enabled=is_main)
@@ -322,7 +347,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         if step % ckpt_every == 0 or step == num_steps:
           last = finish(pending)
           pending = None
-          checkpointer.save(step, state, iterator.get_state())
+          checkpointer.save(step, state, _all_data_states(iterator.get_state()))
           last_good = step
       if pending is not None:
         last = finish(pending)
