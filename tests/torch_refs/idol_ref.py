@@ -282,7 +282,7 @@ def aligned_bilinear(tensor, factor):
 def dynamic_mask_logits(mask_feats, reference_points, params, mask_feat_stride=8, mask_out_stride=4):
   """Per-image loop with grouped convs, as the official `dynamic_mask_with_coords` + `mask_heads_forward`.
 
-  mask_feats [B, 8, H, W]; reference_points [B, Q, 2] in pixels; params [B, Q, 169] -> [B, Q, fH, fW].
+  mask_feats [B, C, H, W]; reference_points [B, Q, 2] in pixels; params [B, Q, (C+2)*8 + 89] -> [B, Q, fH, fW].
   """
   b, c, h, w = mask_feats.shape
   q = params.shape[1]
@@ -313,7 +313,9 @@ class CondInstSegm(nn.Module):
   def __init__(self, detr, d_model):
     super().__init__()
     self.detr = detr
-    self.controller = MLP(d_model, d_model, 169, 3)
+    # 1x1 convs (C/32 + 2) -> 8 -> 8 -> 1: 169 parameters for C = 256.
+    num_params = (d_model // 32 + 2) * 8 + 8 * 8 + 8 + 8 + 8 + 1
+    self.controller = MLP(d_model, d_model, num_params, 3)
     self.mask_head = MaskHeadSmallConv(d_model)
     self.reid_embed_head = MLP(d_model, d_model, d_model, 3)
 

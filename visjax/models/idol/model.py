@@ -1,0 +1,210 @@
+"""IDOL per-frame model (Deformable-DETR with box refinement + CondInst masks + re-ID head), Flax NNX.
+
+Module names mirror the official `IDOL.detr` tree (see `visjax/convert/rules_idol.py` for the mapping):
+
+  backbone          detectron2 ResNet, res3..res5 (torch `detr.detr.backbone.0.backbone`)
+  input_proj        `InputProjection` (torch `detr.detr.input_proj`)
+  transformer       `DeformableTransformer` (torch `detr.detr.transformer`)
+  query_embed       Embed(Q, 2C) (torch `detr.detr.query_embed`)
+  class_embed.{l}   Linear(C, num_classes), one per decoder layer, bias -log(99)
+  bbox_embed.{l}    MLP(C, C, 4, 3), one per decoder layer (torch `detr.detr.bbox_embed`)
+  controller        MLP(C, C, 169, 3) (torch `detr.controller`)
+  mask_head         `MaskHeadSmallConv` (torch `detr.mask_head`)
+  reid_embed_head   MLP(C, C, reid_dim, 3) (torch `detr.reid_embed_head`)
+
+`IDOL.__call__` returns the dict of docs/INTERFACES.md §4 for every decoder layer: logits, boxes, mask logits at
+stride 4 (for all queries; the mask of layer l uses the reference entering layer l, in pixels of the unpadded
+image, as IDOL does), the last layer's re-ID embeddings and the references.
+"""
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from visjax.models.backbones import resnet
+from visjax.models.heads import dynamic_mask
+from visjax.models.layers.mlp import MLP, torch_default_kernel_init
+from visjax.models.layers.position import sine_position_embedding
+from visjax.models.transformers import deformable
+
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+def default_model_config() -> ml_collections.ConfigDict:
+  """The official IDOL R50 model settings (`config.model` of the IDOL configs)."""
+  m = ml_collections.ConfigDict()
+  m.backbone_depth = 50  # detectron2 ResNet depth (18/34/50/101)
+  m.freeze_at = 2  # detectron2 FREEZE_AT: stem + res2 frozen
+  m.num_classes = 40
+  m.d_model = 256
+  m.nheads = 8
+  m.enc_layers = 6
+  m.dec_layers = 6
+  m.dim_feedforward = 1024
+  m.dropout = 0.1
+  m.num_feature_levels = 4
+  m.enc_n_points = 4
+  m.dec_n_points = 4
+  m.num_queries = 300
+  m.reid_dim = 256  # official: the re-ID MLP outputs hidden_dim
+  m.mask_dim = 8  # mask-branch channels = d_model // 32 in the official code
+  m.dynamic_channels = 8
+  m.mask_feat_stride = 8
+  m.mask_out_stride = 4
+  m.rel_coord = True
+  m.pixel_mean = PIXEL_MEAN
+  m.pixel_std = PIXEL_STD
+  m.size_divisibility = 32
+  m.msda_implementation = ''  # '' = best available for the backend; 'xla', 'pallas', 'pallas_tpu'
+  return m
+
+
+def _round_up(x: int, m: int) -> int:
+  return -(-x // m) * m
+
+
+class IDOL(nnx.Module):
+  """IDOL detector / segmenter for single frames (tracking happens on the host, see `tracker.py`)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, *, dtype: Any = None, rngs: nnx.Rngs):
+    """Builds the model.
+
+    Args:
+      config: model settings (`config.model` of an IDOL config; fields as `default_model_config()`).
+      dtype: compute dtype (e.g. jnp.bfloat16); parameters stay float32. None = float32.
+      rngs: parameter init RNGs.
+    """
+    c = config
+    if c.mask_dim != c.d_model // 32:
+      raise ValueError(f'IDOL config.model: mask_dim ({c.mask_dim}) must be d_model // 32 ({c.d_model // 32}), '
+                       'as the official MaskHeadSmallConv.')
+    if c.d_model % 32:
+      raise ValueError(f'IDOL config.model: d_model ({c.d_model}) must be a multiple of 32 (GroupNorm(32)).')
+    self.config = ml_collections.ConfigDict(c.to_dict())  # static copy
+    self.dtype = dtype
+    self.backbone = resnet.resnet_d2(c.backbone_depth, out_features=('res3', 'res4', 'res5'),
+                                     freeze_at=c.freeze_at, dtype=dtype, rngs=rngs)
+    expansion = 4 if resnet.DEPTHS[c.backbone_depth].bottleneck else 1
+    in_channels = [128 * expansion, 256 * expansion, 512 * expansion]
+    self.input_proj = deformable.InputProjection(in_channels, c.d_model, c.num_feature_levels, dtype=dtype,
+                                                 rngs=rngs)
+    self.transformer = deformable.DeformableTransformer(
+        c.d_model, c.nheads, c.enc_layers, c.dec_layers, c.dim_feedforward, c.dropout, c.num_feature_levels,
+        c.dec_n_points, c.enc_n_points, msda_implementation=c.msda_implementation or None, dtype=dtype, rngs=rngs)
+    self.query_embed = nnx.Embed(c.num_queries, 2 * c.d_model, embedding_init=nnx.initializers.normal(1.),
+                                 rngs=rngs)
+    prior_bias = -math.log((1 - 0.01) / 0.01)
+    self.class_embed = nnx.List([
+        nnx.Linear(c.d_model, c.num_classes, dtype=dtype, kernel_init=torch_default_kernel_init,
+                   bias_init=nnx.initializers.constant(prior_bias), rngs=rngs) for _ in range(c.dec_layers)])
+    bbox_embed = []
+    for lid in range(c.dec_layers):
+      mlp = MLP(c.d_model, c.d_model, 4, 3, dtype=dtype, rngs=rngs)
+      last = mlp.layers[-1]
+      last.kernel[...] = jnp.zeros_like(last.kernel[...])
+      # Only the first layer's head starts at wh = sigmoid(-2) (official box-refinement init).
+      last.bias[...] = jnp.asarray([0., 0., -2., -2.] if lid == 0 else [0.] * 4, jnp.float32)
+      bbox_embed.append(mlp)
+    self.bbox_embed = nnx.List(bbox_embed)
+    weight_nums, bias_nums = dynamic_mask.dynamic_param_sizes(c.mask_dim, c.dynamic_channels, 3, c.rel_coord)
+    self.controller = dynamic_mask.controller(c.d_model, sum(weight_nums) + sum(bias_nums), dtype=dtype, rngs=rngs)
+    self.mask_head = dynamic_mask.MaskHeadSmallConv(c.d_model, dtype=dtype, rngs=rngs)
+    self.reid_embed_head = MLP(c.d_model, c.d_model, c.reid_dim, 3, dtype=dtype, rngs=rngs)
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> 'IDOL':
+    """Builds from a full visjax config: `config.model` and `config.train.compute_dtype`."""
+    dtype = jnp.dtype(config.train.get('compute_dtype', 'float32'))
+    return cls(config.model, dtype=None if dtype == jnp.float32 else dtype, rngs=rngs)
+
+  def preprocess(self, images: jax.Array, image_size: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Normalises, zeroes the padding and pads to `size_divisibility`.
+
+    Args:
+      images: uint8 or float `[N, H, W, 3]` RGB in 0..255, content at the top-left.
+      image_size: int `[N, 2]` unpadded `(h, w)`.
+
+    Returns:
+      float32 `[N, Hp, Wp, 3]` normalised (zero on padding, as the official ImageList padding after
+      normalisation) and the pad mask bool `[N, Hp, Wp]` (True on padding).
+    """
+    c = self.config
+    n, h, w, _ = images.shape
+    hp, wp = _round_up(h, c.size_divisibility), _round_up(w, c.size_divisibility)
+    x = (images.astype(jnp.float32) - jnp.asarray(c.pixel_mean, jnp.float32)) / jnp.asarray(c.pixel_std,
+                                                                                           jnp.float32)
+    x = jnp.pad(x, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)))
+    rows = jnp.arange(hp)[None, :, None]
+    cols = jnp.arange(wp)[None, None, :]
+    pad_mask = (rows >= image_size[:, 0, None, None]) | (cols >= image_size[:, 1, None, None])
+    x = jnp.where(pad_mask[..., None], 0., x)
+    return x, pad_mask
+
+  def __call__(self, images: jax.Array, image_size: jax.Array, *, train: bool = False,
+               rng: jax.Array | None = None) -> dict[str, jax.Array]:
+    """Runs the per-frame model.
+
+    Args:
+      images: uint8 or float `[N, H, W, 3]` RGB 0..255, zero-padded bottom/right (any H, W; padded internally to
+        a multiple of `size_divisibility`).
+      image_size: int `[N, 2]` unpadded `(h, w)` of each frame.
+      train: enables dropout (needs `rng`).
+      rng: PRNG key for dropout (used only when `train` and dropout > 0).
+
+    Returns:
+      dict (all float32):
+        pred_logits `[Ldec, N, Q, C]`, pred_boxes `[Ldec, N, Q, 4]` (cxcywh normalised to the unpadded image),
+        pred_masks `[Ldec, N, Q, ceil(H/4), ceil(W/4)]` mask logits at stride 4 of the input,
+        pred_embeds `[N, Q, E]` (last layer), references `[Ldec, N, Q, 4]` (reference entering each layer).
+    """
+    c = self.config
+    if images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError(f'IDOL: images must be [N, H, W, 3], got shape {images.shape}.')
+    if image_size.shape != (images.shape[0], 2):
+      raise ValueError(f'IDOL: image_size must be [N, 2] = {(images.shape[0], 2)}, got {image_size.shape}.')
+    deterministic = not train or c.dropout == 0
+    if not deterministic and rng is None:
+      raise ValueError('IDOL: train=True with dropout > 0 needs a dropout `rng`.')
+    rngs = None if deterministic else nnx.Rngs(dropout=rng)
+    n, h, w, _ = images.shape
+    x, pad_mask = self.preprocess(images, image_size)
+    if self.dtype is not None:
+      x = x.astype(self.dtype)
+
+    feats = self.backbone(x)
+    srcs, masks = self.input_proj([feats['res3'], feats['res4'], feats['res5']], pad_mask)
+    pos = [sine_position_embedding(m, c.d_model // 2) for m in masks]
+    out = self.transformer(srcs, masks, pos, self.query_embed.embedding[...], list(self.bbox_embed),
+                           deterministic=deterministic, rngs=rngs)
+
+    hs = out.hs
+    logits = jnp.stack([head(hs[l]) for l, head in enumerate(self.class_embed)]).astype(jnp.float32)
+
+    # Mask branch on the encoder memory of the three finest levels.
+    maps, start = [], 0
+    for hl, wl in out.spatial_shapes[:3]:
+      maps.append(out.memory[:, start:start + hl * wl].reshape(n, hl, wl, -1))
+      start += hl * wl
+    mask_feats = self.mask_head(maps)
+    scale = image_size[:, ::-1].astype(jnp.float32)  # (w, h) of the unpadded image
+    masks_out = []
+    for l in range(hs.shape[0]):
+      params = self.controller(hs[l])
+      centres = out.references[l][..., :2] * scale[:, None]
+      masks_out.append(dynamic_mask.dynamic_mask_logits(
+          mask_feats, centres, params, mask_feat_stride=c.mask_feat_stride, mask_out_stride=c.mask_out_stride,
+          rel_coord=c.rel_coord, dynamic_channels=c.dynamic_channels))
+    pred_masks = jnp.stack(masks_out).astype(jnp.float32)
+    pred_masks = pred_masks[..., :-(-h // c.mask_out_stride), :-(-w // c.mask_out_stride)]
+    return {
+        'pred_logits': logits,
+        'pred_boxes': out.boxes.astype(jnp.float32),
+        'pred_masks': pred_masks,
+        'pred_embeds': self.reid_embed_head(hs[-1]).astype(jnp.float32),
+        'references': out.references.astype(jnp.float32),
+    }
