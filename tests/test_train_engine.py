@@ -235,3 +235,22 @@ def test_convert_then_eval_uses_ported_weights(straight_run, tmp_path):
   message = str(err.value)
   assert 'extra.weight' in message and 'head.bias' in message and 'backbone.bias' in message
   assert not os.path.exists(tmp_path / 'bad' / 'converted')
+
+
+def test_bfloat16_compute_keeps_float32_params(straight_run):
+  """compute_dtype='bfloat16' reaches the model; params and optimizer state stay float32; loss close to fp32."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from visjax.models import registry  # pylint: disable=g-import-not-at-top
+  from visjax.train import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  config = _config(compute_dtype='bfloat16')
+  method = registry.get_method(config.method)
+  mesh = mesh_lib.create_mesh(config)
+  with jax.set_mesh(mesh):
+    setup = trainer.build_setup(config, method, mesh)
+    step = trainer.make_train_step(config, method, setup, mesh)
+    batch = mesh_lib.global_batch(next(train_toy.make_train_iterator(config)), mesh)
+    state, metrics = step(setup.init_fn(), batch)
+  assert all(x.dtype == np.float32 for x in jax.tree.leaves(state['params']))
+  assert all(x.dtype == np.float32 for x in jax.tree.leaves(state['opt_state'][1].mu))
+  assert float(metrics['loss']) == pytest.approx(straight_run[1][0]['loss'], rel=2e-2)
+  assert float(metrics['loss']) != straight_run[1][0]['loss']
