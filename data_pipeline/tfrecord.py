@@ -33,6 +33,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from typing import Any, Sequence
 
 import numpy as np
@@ -250,17 +251,16 @@ def decode_masks(mask_png, height, width, *who):
   flat = tf.reshape(mask_png, [-1])
 
   def one(png):
-    return tf.cond(
-        tf.strings.length(png) > 0,
-        lambda: tf.minimum(tf.io.decode_png(png, channels=1)[:, :, 0], 1),
-        lambda: tf.zeros([height, width], tf.uint8))
+    def decode():
+      mask = tf.io.decode_png(png, channels=1)[:, :, 0]
+      ok = check(tf.reduce_all(tf.equal(tf.shape(mask), tf.stack([height, width]))),
+                 'mask PNG size differs from the frame size', *who)
+      with tf.control_dependencies([ok]):
+        return tf.minimum(mask, 1)
+    return tf.cond(tf.strings.length(png) > 0, decode, lambda: tf.zeros([height, width], tf.uint8))
 
   masks = tf.map_fn(one, flat, fn_output_signature=tf.TensorSpec([None, None], tf.uint8))
-  masks = tf.ensure_shape(masks, [None, None, None])
-  checks = [check(tf.reduce_all(tf.equal(tf.shape(masks)[1:], tf.stack([height, width]))),
-                  'mask PNG size differs from the frame size', *who)]
-  with tf.control_dependencies(checks):
-    return tf.reshape(masks, tf.concat([shape, [height, width]], 0))
+  return tf.reshape(masks, tf.concat([shape, [height, width]], 0))
 
 
 def decode_frame(encoded, height, width, *who):
@@ -365,6 +365,15 @@ def load_manifest(root: str, *, verify_checksums: bool = False) -> Manifest:
   return Manifest(root=root, raw=raw, shards=tuple(shards))
 
 
+def error_text(error) -> str:
+  """The useful part of a TensorFlow runtime error message (no function-node / op decorations)."""
+  text = ' '.join((error.message or type(error).__name__).split())
+  text = re.sub(r'\{\{function_node [^}]*\}\}\s*', '', text)
+  text = re.sub(r'\s*\[\[\{\{node [^]]*\]\]', '', text)
+  text = re.sub(r'\s*\[Op:[^\]]*\].*$', '', text)
+  return text.strip()[:600]
+
+
 def find_corrupt_shard(paths: Sequence[str]) -> tuple[str, int, str] | None:
   """Scans shards record by record (CRC-checked and parsed); returns (path, record index, error) of the first bad one."""
   tf = import_tf()
@@ -375,5 +384,5 @@ def find_corrupt_shard(paths: Sequence[str]) -> tuple[str, int, str] | None:
         parse_video(serialized)
         index += 1
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError) as e:
-      return path, index, e.message.splitlines()[0] if e.message else type(e).__name__
+      return path, index, error_text(e)
   return None

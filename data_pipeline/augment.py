@@ -1,0 +1,270 @@
+"""Clip augmentation of IDOL, VITA, VISOLO and IAI as stateless TensorFlow ops.
+
+`augment_clip` applies a `Recipe` to one clip (frames `[T, H, W, 3]` and instance masks `[T, N, H, W]` of the same
+video) and returns each frame zero-padded (bottom/right) to a static canvas, with the content size of every frame.
+Per frame the order is:
+
+  1. rotation (VISOLO; VITA pseudo-clips) by an angle in [-r, r] degrees about the centre, canvas expanded to the
+     rotated bounds (detectron2 `RotationTransform(expand=True)`); per frame, or angles sorted over the clip.
+  2. crop branch, taken with probability `crop_prob` (decided per clip or per frame): an optional shortest-edge
+     resize to a choice of `crop_resize` (no max size), then a crop of `randint(min(h, lo), min(h, hi))` x
+     `randint(min(w, lo), min(w, hi))` (detectron2 'absolute_range') placed per frame, once per clip, or sliding
+     linearly from a start to an end position over the clip (VITA). The two resizes are fused: the window is mapped
+     back to the source frame and step 3 resizes once.
+  3. shortest-edge resize to a choice of `min_sizes` (per clip or per frame), capped by `max_size` as detectron2's
+     `ResizeShortestEdge` (sizes rounded with int(x + 0.5)), and further scaled down if needed to fit the canvas.
+     Frames: bilinear with antialiasing (PIL-like); masks: nearest.
+  4. optional crop to at most `post_crop` (h, w) at a random position per frame (VISOLO).
+  5. horizontal flip, per clip or per frame.
+
+All random decisions come from `tf.random.stateless_*` keyed on (clip seed, decision, frame), so a clip is a pure
+function of its seed. `method_recipe` holds each method's settings (reference notes: IDOL §3, IAI §6, VITA §1.6,
+VISOLO §2.2) for real clips and COCO pseudo-clips.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+from data_pipeline import samplers
+from data_pipeline import tfrecord
+
+_PER = ('clip', 'frame')
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """Augmentation settings of one method (see the module docstring for the order of operations).
+
+  Attributes:
+    min_sizes: shortest-edge choices of the main resize.
+    max_size: cap on the longer edge of the main resize.
+    resize_per: draw the main resize choice per 'clip' or per 'frame'.
+    flip_per: horizontal flip (p = 0.5) per 'clip', per 'frame', or 'none'.
+    crop_prob: probability of the crop branch.
+    crop_per: decide the crop branch (and its resize choice) per 'clip' or per 'frame'.
+    crop_resize: shortest-edge choices resized to before cropping; () for none.
+    crop_range: (lo, hi) of the absolute crop size range.
+    crop_window: 'frame' (window drawn per frame), 'clip' (one window), 'slide' (one size, position moving
+      linearly from a random start to a random end over the clip).
+    rotation: max absolute rotation in degrees; 0 for none.
+    rotation_per: 'frame' (independent angles) or 'sorted' (angles drawn per frame, sorted over the clip).
+    post_crop: (h, w) crop after the resize, or None.
+  """
+  min_sizes: tuple[int, ...]
+  max_size: int
+  resize_per: str = 'clip'
+  flip_per: str = 'clip'
+  crop_prob: float = 0.0
+  crop_per: str = 'clip'
+  crop_resize: tuple[int, ...] = ()
+  crop_range: tuple[int, int] = (384, 600)
+  crop_window: str = 'frame'
+  rotation: float = 0.0
+  rotation_per: str = 'frame'
+  post_crop: tuple[int, int] | None = None
+
+  def __post_init__(self):
+    if not self.min_sizes or min(self.min_sizes) < 1 or self.max_size < 1:
+      raise ValueError(f'Recipe needs min_sizes >= 1 and max_size >= 1, got {self.min_sizes}, {self.max_size}')
+    for name, allowed in (('resize_per', _PER), ('flip_per', _PER + ('none',)), ('crop_per', _PER),
+                          ('crop_window', ('frame', 'clip', 'slide')), ('rotation_per', ('frame', 'sorted'))):
+      if getattr(self, name) not in allowed:
+        raise ValueError(f'Recipe.{name} must be one of {allowed}, got {getattr(self, name)!r}')
+    if not 0.0 <= self.crop_prob <= 1.0:
+      raise ValueError(f'Recipe.crop_prob must be in [0, 1], got {self.crop_prob}')
+    if not 1 <= self.crop_range[0] <= self.crop_range[1]:
+      raise ValueError(f'Recipe.crop_range must be 1 <= lo <= hi, got {self.crop_range}')
+
+
+def method_recipe(method: str, *, pseudo: bool, min_sizes: Sequence[int], max_size: int, **overrides) -> Recipe:
+  """The augmentation of `method` for real clips or COCO pseudo-clips (`pseudo`), with field overrides.
+
+  - idol: crop branch p=.5 per clip, window per frame, range 384-600; resize and flip per clip. Pseudo-clips: two
+    independent views (flip, p=.5 resize to {400,500,600} + crop, resize: all per frame).
+  - vita: crop branch p=.5 per clip with a resize to {400,500,600} and a sliding window; resize and flip per clip.
+    Pseudo-clips: the same plus rotations of up to 15 degrees with angles sorted over the clip.
+  - visolo: resize and flip per clip, rotation up to 15 degrees and a (352, 624) crop per frame.
+  - iai: resize and flip per clip; pseudo-clips per frame.
+  """
+  base = dict(min_sizes=tuple(int(s) for s in min_sizes), max_size=int(max_size))
+  if method == 'idol':
+    if pseudo:
+      base.update(resize_per='frame', flip_per='frame', crop_prob=0.5, crop_per='frame', crop_resize=(400, 500, 600))
+    else:
+      base.update(crop_prob=0.5, crop_per='clip', crop_window='frame')
+  elif method == 'vita':
+    base.update(crop_prob=0.5, crop_per='clip', crop_resize=(400, 500, 600), crop_window='slide')
+    if pseudo:
+      base.update(rotation=15.0, rotation_per='sorted')
+  elif method == 'visolo':
+    base.update(rotation=15.0, rotation_per='frame', post_crop=(352, 624))
+  elif method == 'iai':
+    if pseudo:
+      base.update(resize_per='frame', flip_per='frame')
+  else:
+    raise ValueError(f'unknown method {method!r}; expected idol, vita, visolo or iai')
+  unknown = set(overrides) - {f.name for f in dataclasses.fields(Recipe)}
+  if unknown:
+    raise ValueError(f'unknown augmentation field(s) {sorted(unknown)}; fields: '
+                     f'{[f.name for f in dataclasses.fields(Recipe)]}')
+  for key, value in overrides.items():
+    base[key] = tuple(value) if isinstance(value, list) else value
+  return Recipe(**base)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _uniform(seed, shape=()):
+  tf = tfrecord.import_tf()
+  return tf.random.stateless_uniform(shape, seed, dtype=tf.float32)
+
+
+def _key(seed, op: int, per: str, t: int):
+  """Seed of decision `op`: shared by the clip, or specific to frame t."""
+  return samplers.fold(seed, op) if per in ('clip', 'slide', 'sorted') else samplers.fold(seed, op, t + 1)
+
+
+def _choice(seed, values: Sequence[int]):
+  tf = tfrecord.import_tf()
+  index = tf.random.stateless_uniform([], seed, minval=0, maxval=len(values), dtype=tf.int32)
+  return tf.gather(tf.constant(values, tf.float32), index)
+
+
+def shortest_edge_size(h, w, short, max_size):
+  """detectron2 `ResizeShortestEdge.get_output_shape` on float tensors; returns int32 (new_h, new_w)."""
+  tf = tfrecord.import_tf()
+  h, w = tf.cast(h, tf.float32), tf.cast(w, tf.float32)
+  scale = short / tf.minimum(h, w)
+  new_h, new_w = tf.where(h < w, short, scale * h), tf.where(h < w, scale * w, short)
+  cap = tf.minimum(1.0, max_size / tf.maximum(new_h, new_w))
+  new_h, new_w = new_h * cap, new_w * cap
+  return tf.cast(tf.floor(new_h + 0.5), tf.int32), tf.cast(tf.floor(new_w + 0.5), tf.int32)
+
+
+def _rotate(image, masks, degrees):
+  """Rotates `[H, W, C]` frame (bilinear) and `[H, W, N]` masks (nearest) about the centre, canvas expanded."""
+  tf = tfrecord.import_tf()
+  h = tf.cast(tf.shape(image)[0], tf.float32)
+  w = tf.cast(tf.shape(image)[1], tf.float32)
+  theta = degrees * (math.pi / 180.0)
+  c, s = tf.cos(theta), tf.sin(theta)
+  out_w = tf.math.rint(h * tf.abs(s) + w * tf.abs(c))
+  out_h = tf.math.rint(h * tf.abs(c) + w * tf.abs(s))
+  cx, cy, ox, oy = (w - 1) / 2, (h - 1) / 2, (out_w - 1) / 2, (out_h - 1) / 2
+  # Output pixel (x, y) samples input (c(x-ox) + s(y-oy) + cx, -s(x-ox) + c(y-oy) + cy).
+  transform = tf.stack([c, s, cx - c * ox - s * oy, -s, c, cy + s * ox - c * oy, 0., 0.])[None]
+  shape = tf.cast(tf.stack([out_h, out_w]), tf.int32)
+
+  def warp(x, interpolation):
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=x[None], transforms=transform, output_shape=shape, fill_value=0.0,
+        interpolation=interpolation, fill_mode='CONSTANT')[0]
+
+  return warp(image, 'BILINEAR'), warp(masks, 'NEAREST')
+
+
+def augment_clip(images, masks, seed, recipe: Recipe, canvas: tuple[int, int]):
+  """Augments one clip and pads every frame to `canvas`.
+
+  Args:
+    images: uint8 `[T, H, W, 3]` frames of one video (T static).
+    masks: uint8 `[T, N, H, W]` 0/1 instance masks.
+    seed: int `[2]` stateless seed of the clip.
+    recipe: the method's `Recipe`.
+    canvas: static (Hc, Wc); every augmented frame is scaled down if needed so that it fits.
+
+  Returns:
+    images uint8 `[T, Hc, Wc, 3]`, masks uint8 `[T, N, Hc, Wc]` (zero outside the content), and content sizes
+    int32 `[T, 2]` as (h, w).
+  """
+  tf = tfrecord.import_tf()
+  num_frames, num_instances = images.shape[0], masks.shape[1]
+  canvas_h, canvas_w = canvas
+  lo, hi = (float(v) for v in recipe.crop_range)
+  angles = None
+  if recipe.rotation > 0:
+    angles = (_uniform(samplers.fold(seed, 1), [num_frames]) * 2 - 1) * recipe.rotation
+    if recipe.rotation_per == 'sorted':
+      angles = tf.sort(angles)
+
+  def one_frame(t):  # Traced once, run per frame (tf.map_fn), so the graph does not grow with T.
+    image = images[t]
+    mask = tf.transpose(masks[t], [1, 2, 0])  # [H, W, N]
+    if angles is not None:
+      image, mask = _rotate(image, mask, angles[t])
+    h = tf.cast(tf.shape(image)[0], tf.float32)
+    w = tf.cast(tf.shape(image)[1], tf.float32)
+
+    # 2. Crop branch, in the coordinates of the (virtual) pre-crop resize.
+    y0, x0, ch, cw = 0., 0., h, w
+    if recipe.crop_prob > 0:
+      do_crop = _uniform(_key(seed, 2, recipe.crop_per, t)) < recipe.crop_prob
+      vh, vw = h, w
+      if recipe.crop_resize:
+        short = _choice(_key(seed, 3, recipe.crop_per, t), recipe.crop_resize)
+        vh_i, vw_i = shortest_edge_size(h, w, short, float('inf'))
+        vh, vw = tf.cast(vh_i, tf.float32), tf.cast(vw_i, tf.float32)
+      per = recipe.crop_window
+      size_u = _uniform(_key(seed, 4, per, t), [2])
+      k_h = tf.minimum(vh, lo) + tf.floor(size_u[0] * (tf.minimum(vh, hi) - tf.minimum(vh, lo) + 1))
+      k_w = tf.minimum(vw, lo) + tf.floor(size_u[1] * (tf.minimum(vw, hi) - tf.minimum(vw, lo) + 1))
+      pos = _uniform(_key(seed, 5, per, t), [2])
+      if per == 'slide':
+        end = _uniform(samplers.fold(seed, 6), [2])
+        frac = tf.cast(t, tf.float32) / max(num_frames - 1, 1)
+        pos = pos + (end - pos) * frac
+      k_y = tf.floor(pos[0] * (vh - k_h + 1))
+      k_x = tf.floor(pos[1] * (vw - k_w + 1))
+      sy, sx = h / vh, w / vw  # Virtual -> source pixels.
+      src_y0 = tf.minimum(tf.math.round(k_y * sy), h - 1)
+      src_x0 = tf.minimum(tf.math.round(k_x * sx), w - 1)
+      src_h = tf.maximum(tf.minimum(tf.math.round(k_h * sy), h - src_y0), 1)
+      src_w = tf.maximum(tf.minimum(tf.math.round(k_w * sx), w - src_x0), 1)
+      y0, x0 = tf.where(do_crop, src_y0, 0.), tf.where(do_crop, src_x0, 0.)
+      ch, cw = tf.where(do_crop, src_h, h), tf.where(do_crop, src_w, w)
+      virtual_h, virtual_w = tf.where(do_crop, k_h, h), tf.where(do_crop, k_w, w)
+    else:
+      virtual_h, virtual_w = h, w
+    y0i, x0i, chi, cwi = (tf.cast(v, tf.int32) for v in (y0, x0, ch, cw))
+    image = image[y0i:y0i + chi, x0i:x0i + cwi]
+    mask = mask[y0i:y0i + chi, x0i:x0i + cwi]
+
+    # 3. Main resize (from the virtual crop size), fitted to the canvas.
+    short = _choice(_key(seed, 7, recipe.resize_per, t), recipe.min_sizes)
+    new_h, new_w = shortest_edge_size(virtual_h, virtual_w, short, float(recipe.max_size))
+    fit = tf.minimum(1.0, tf.minimum(canvas_h / tf.cast(new_h, tf.float32), canvas_w / tf.cast(new_w, tf.float32)))
+    new_h = tf.maximum(tf.minimum(tf.cast(tf.floor(tf.cast(new_h, tf.float32) * fit + 0.5), tf.int32), canvas_h), 1)
+    new_w = tf.maximum(tf.minimum(tf.cast(tf.floor(tf.cast(new_w, tf.float32) * fit + 0.5), tf.int32), canvas_w), 1)
+    size = tf.stack([new_h, new_w])
+    image = tf.image.resize(image, size, method='bilinear', antialias=True)
+    image = tf.cast(tf.clip_by_value(tf.math.round(image), 0, 255), tf.uint8)
+    mask = tf.image.resize(mask, size, method='nearest')
+
+    # 4. Post-resize crop (VISOLO).
+    if recipe.post_crop is not None:
+      p_h = tf.minimum(new_h, recipe.post_crop[0])
+      p_w = tf.minimum(new_w, recipe.post_crop[1])
+      pos = _uniform(samplers.fold(seed, 8, t + 1), [2])
+      p_y = tf.cast(tf.floor(pos[0] * tf.cast(new_h - p_h + 1, tf.float32)), tf.int32)
+      p_x = tf.cast(tf.floor(pos[1] * tf.cast(new_w - p_w + 1, tf.float32)), tf.int32)
+      image = image[p_y:p_y + p_h, p_x:p_x + p_w]
+      mask = mask[p_y:p_y + p_h, p_x:p_x + p_w]
+      size = tf.stack([p_h, p_w])
+
+    # 5. Flip.
+    if recipe.flip_per != 'none':
+      flip = _uniform(_key(seed, 9, recipe.flip_per, t)) < 0.5
+      image = tf.cond(flip, lambda x=image: tf.reverse(x, [1]), lambda x=image: x)
+      mask = tf.cond(flip, lambda x=mask: tf.reverse(x, [1]), lambda x=mask: x)
+
+    return (tf.image.pad_to_bounding_box(image, 0, 0, canvas_h, canvas_w),
+            tf.transpose(tf.image.pad_to_bounding_box(mask, 0, 0, canvas_h, canvas_w), [2, 0, 1]), size)
+
+  return tf.map_fn(one_frame, tf.range(num_frames), fn_output_signature=(
+      tf.TensorSpec([canvas_h, canvas_w, 3], tf.uint8),
+      tf.TensorSpec([num_instances, canvas_h, canvas_w], tf.uint8),
+      tf.TensorSpec([2], tf.int32)))

@@ -1,0 +1,443 @@
+"""tf.data input: training clips (docs/INTERFACES.md §1) and whole eval videos (§2) from visjax TFRecords.
+
+Training (`make_train_iterator(config, process_index=, process_count=)` or `TrainIterator(TrainSpec(...))`):
+
+  per-process records ─ per-epoch shuffle (seed, epoch) ─ skip to the saved position ─ parse ─ sample clip
+  (samplers) ─ select instances ─ decode frames + masks ─ augment (augment) ─ boxes from masks ─ batch ─ size bucket
+
+- Per-process sharding: when the number of shards is a multiple of `process_count`, process p reads shards
+  p, p + P, ...; otherwise it reads every shard and keeps the records whose global index (shard order, then record
+  order) is p mod P. Either way the processes' records are disjoint and cover the dataset.
+- An epoch is one pass over the process's records. Epoch e shuffles the shard order and a `shuffle_buffer`-record
+  window with seeds derived from (seed, process, e); the clip of the record at position i of epoch e is sampled and
+  augmented with stateless ops keyed on (seed, process, e, i). The stream of batches is therefore a pure function
+  of the seed and the step.
+- Resume: the iterator's state is the number of batches it has produced (`get_state()` -> {'step', ...}); on
+  `set_state` the pipeline is rebuilt at epoch `step*B // E` and skips `step*B mod E` raw records (reading, not
+  decoding them), which reproduces the exact following batches. `E` is the process's record count from the manifest.
+- Static shapes: every frame is augmented onto the largest size bucket; each batch is then cut to the smallest
+  bucket that holds all its frames (single process) or kept at the largest bucket (several processes, so that all
+  processes agree on the global shape). Instances: the first `max_instances` tracks (json order) visible in the
+  clip, crowd tracks dropped by default as the detectron2 mappers do; valid instances are packed first.
+
+Eval (`eval_videos`, `eval_video_chunks`): records in shard order (per-process share as above), frames resized with
+the shortest edge `min_size_test` capped by `max_size_test`, zero-padded to a multiple of `size_divisibility`.
+
+Bad input raises `tfrecord.RecordFormatError` naming the directory, shard, record index or video; it never yields
+a batch built from a record that failed a check.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from data_pipeline import augment
+from data_pipeline import samplers
+from data_pipeline import tfrecord
+
+_MAX_EPOCHS = 1 << 40
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessShard:
+  """The records one process reads: `paths` in order, and (when `modulo`) only global indices = index mod count."""
+  paths: tuple[str, ...]
+  modulo: bool
+  index: int
+  count: int
+  num_records: int
+
+
+def plan_process_shard(manifest: tfrecord.Manifest, process_index: int, process_count: int) -> ProcessShard:
+  """Splits a converted directory between processes (disjoint, covering); see the module docstring."""
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(f'need 0 <= process_index < process_count, got {process_index}, {process_count}')
+  shards = manifest.shards
+  if len(shards) % process_count == 0:
+    mine = shards[process_index::process_count]
+    plan = ProcessShard(tuple(s.path for s in mine), False, process_index, process_count,
+                        sum(s.num_records for s in mine))
+  else:
+    total = sum(s.num_records for s in shards)
+    plan = ProcessShard(tuple(s.path for s in shards), True, process_index, process_count,
+                        len(range(process_index, total, process_count)))
+  if plan.num_records == 0:
+    raise tfrecord.RecordFormatError(
+        f'{manifest.root}: process {process_index} of {process_count} gets no records '
+        f'({manifest.num_videos} videos in {len(shards)} shards)')
+  return plan
+
+
+def _process_records(plan: ProcessShard, shuffle_seed=None, cycle_length: int = 4):
+  """Dataset of serialized records of one process, shard order permuted by `shuffle_seed` if given."""
+  tf = tfrecord.import_tf()
+  if plan.modulo:
+    ds = tf.data.TFRecordDataset(list(plan.paths))
+    ds = ds.enumerate().filter(lambda i, _: i % plan.count == plan.index).map(lambda _, r: r)
+    return ds
+  paths = tf.constant(plan.paths)
+  if shuffle_seed is not None and len(plan.paths) > 1:
+    paths = tf.gather(paths, tf.argsort(tf.random.stateless_uniform([len(plan.paths)], shuffle_seed)))
+  ds = tf.data.Dataset.from_tensor_slices(paths)
+  return ds.interleave(tf.data.TFRecordDataset, cycle_length=min(cycle_length, len(plan.paths)), block_length=1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training clips.
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+  """Everything that determines the training stream (see `make_train_iterator` for the config mapping)."""
+  root: str
+  method: str
+  batch_size: int  # clips per process
+  max_instances: int
+  min_sizes: tuple[int, ...]
+  max_size: int
+  size_buckets: tuple[tuple[int, int], ...] = ()
+  size_divisibility: int = 32
+  clip_len: int | None = None
+  frame_range: int | None = None
+  seed: int = 0
+  shuffle_buffer: int = 256
+  prefetch: int = 2
+  drop_crowd: bool = True
+  augment: dict[str, Any] = dataclasses.field(default_factory=dict)  # Recipe field overrides
+  process_index: int = 0
+  process_count: int = 1
+
+
+def _round_up(x: int, m: int) -> int:
+  return int(math.ceil(x / m) * m)
+
+
+def derive_buckets(min_sizes: Sequence[int], max_size: int, size_divisibility: int) -> tuple[tuple[int, int], ...]:
+  """Default buckets: landscape (S, M), portrait (M, S) and square (M, M); S = largest short edge, M = max size."""
+  m = _round_up(max_size, size_divisibility)
+  s = _round_up(min(max(min_sizes), max_size), size_divisibility)
+  return tuple(sorted({(s, m), (m, s), (m, m)}, key=lambda b: (b[0] * b[1], b)))
+
+
+def masks_to_boxes(masks, sizes):
+  """Normalised cxcywh boxes of uint8 masks `[T, N, H, W]` (detectron2 BitMasks bounds: max index + 1).
+
+  `sizes` int32 `[T, 2]` are the content (h, w) of each frame; empty masks give 0.
+  """
+  tf = tfrecord.import_tf()
+  rows = tf.reduce_any(masks > 0, axis=3)  # [T, N, H]
+  cols = tf.reduce_any(masks > 0, axis=2)  # [T, N, W]
+
+  def bounds(line):
+    n = tf.shape(line)[-1]
+    first = tf.argmax(tf.cast(line, tf.int32), axis=-1, output_type=tf.int32)
+    last = n - 1 - tf.argmax(tf.cast(tf.reverse(line, [-1]), tf.int32), axis=-1, output_type=tf.int32)
+    return tf.cast(first, tf.float32), tf.cast(last + 1, tf.float32)
+
+  y0, y1 = bounds(rows)
+  x0, x1 = bounds(cols)
+  h = tf.cast(sizes[:, 0:1], tf.float32)
+  w = tf.cast(sizes[:, 1:2], tf.float32)
+  boxes = tf.stack([(x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h], axis=-1)
+  return tf.where(tf.reduce_any(rows, axis=-1)[..., None], boxes, 0.)
+
+
+class ClipBuilder:
+  """Turns one serialized video record into one training clip dict (INTERFACES §1 keys, without the batch dim)."""
+
+  def __init__(self, sampler: samplers.ClipSampler, recipe: augment.Recipe, canvas: tuple[int, int],
+               max_instances: int, drop_crowd: bool):
+    self.sampler = sampler
+    self.recipe = recipe
+    self.canvas = canvas
+    self.max_instances = max_instances
+    self.drop_crowd = drop_crowd
+
+  def __call__(self, serialized, seed):
+    tf = tfrecord.import_tf()
+    n = self.max_instances
+    v = tfrecord.parse_video(serialized)
+    who = ('video id', v['video_id'], v['name'])
+    not_empty = tfrecord.check(v['num_frames'] > 0, 'empty video (no frames)', *who)
+    usable = tf.logical_not(v['iscrowd']) if self.drop_crowd else tf.ones_like(v['iscrowd'])
+    with tf.control_dependencies([not_empty]):
+      num_frames = tf.identity(v['num_frames'])
+      annotated = tf.identity(tf.reduce_any(v['present'] & usable[None], axis=1))
+    frames = self.sampler(num_frames, annotated, samplers.fold(seed, 1))
+    present = tf.gather(v['present'], frames)  # [T, K]
+    candidates = tf.cast(tf.where(tf.reduce_any(present, 0) & usable)[:, 0], tf.int32)[:n]
+    num_selected = tf.size(candidates)
+    slot_used = tf.range(n) < num_selected
+    index = tf.pad(candidates, [[0, n - num_selected]])  # [N], 0 in unused slots (masked below)
+    pngs = tf.gather(tf.gather(v['mask_png'], frames), index, axis=1)
+    pngs = tf.where(slot_used[None], pngs, '')
+    clip_len = self.sampler.clip_len
+    masks = tfrecord.decode_masks(pngs, v['height'], v['width'], *who)
+    masks = tf.ensure_shape(masks, [clip_len, n, None, None])
+    images = tf.map_fn(lambda f: tfrecord.decode_frame(v['encoded'][f], v['height'], v['width'], *who), frames,
+                       fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+    images = tf.ensure_shape(images, [clip_len, None, None, 3])
+    images, masks, sizes = augment.augment_clip(images, masks, samplers.fold(seed, 2), self.recipe, self.canvas)
+    visible = tf.reduce_any(masks > 0, axis=[2, 3]) & slot_used[None]  # [T, N]
+    valid = tf.reduce_any(visible, axis=0)
+    order = tf.argsort(tf.cast(~valid, tf.int32), stable=True)  # Valid slots first, json order kept.
+    masks, visible, valid, index = (tf.gather(masks, order, axis=1), tf.gather(visible, order, axis=1),
+                                    tf.gather(valid, order), tf.gather(index, order))
+    masks = masks * tf.cast(valid, tf.uint8)[None, :, None, None]
+    return {
+        'image': images,
+        'image_size': sizes,
+        'boxes': masks_to_boxes(masks, sizes),
+        'masks': masks,
+        'present': visible,
+        'labels': tf.where(valid, tf.gather(v['label'], index), -1),
+        'track_ids': tf.where(valid, tf.gather(v['track_id'], index), -1),
+        'instance_valid': valid,
+        'is_crowd': valid & tf.gather(v['iscrowd'], index),
+        'video_id': v['video_id'],
+        'frame_index': frames,
+    }
+
+
+def _cut_to_bucket(batch, buckets):
+  """Slices a batch padded to the largest bucket down to the smallest bucket holding all of its frames."""
+  tf = tfrecord.import_tf()
+  table = tf.constant(buckets, tf.int32)
+  need = tf.reduce_max(tf.reshape(batch['image_size'], [-1, 2]), axis=0)
+  fits = tf.reduce_all(table >= need[None], axis=1)
+  bucket = table[tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)]
+  batch = dict(batch)
+  batch['image'] = batch['image'][:, :, :bucket[0], :bucket[1]]
+  batch['masks'] = batch['masks'][..., :bucket[0], :bucket[1]]
+  return batch
+
+
+class TrainIterator:
+  """Infinite iterator of numpy training batches (INTERFACES §1), deterministic in (seed, step) and resumable.
+
+  `get_state()` returns a small dict (store it with the checkpoint); `set_state(state)` moves to that position.
+  Errors from a bad record surface as `tfrecord.RecordFormatError` naming the shard (and record index) or video.
+  """
+
+  def __init__(self, spec: TrainSpec):
+    self.spec = spec
+    self.manifest = tfrecord.load_manifest(spec.root)
+    self.plan = plan_process_shard(self.manifest, spec.process_index, spec.process_count)
+    if spec.batch_size < 1:
+      raise ValueError(f'batch size per process must be >= 1, got {spec.batch_size}')
+    self.sampler = samplers.make_sampler(spec.method, clip_len=spec.clip_len, frame_range=spec.frame_range)
+    pseudo = self.manifest.source_format == 'coco'
+    self.recipe = augment.method_recipe(spec.method, pseudo=pseudo, min_sizes=spec.min_sizes,
+                                        max_size=spec.max_size, **spec.augment)
+    buckets = tuple(tuple(int(x) for x in b) for b in spec.size_buckets) or derive_buckets(
+        spec.min_sizes, spec.max_size, spec.size_divisibility)
+    self.buckets = tuple(sorted(buckets, key=lambda b: (b[0] * b[1], b)))
+    self.canvas = (max(b[0] for b in self.buckets), max(b[1] for b in self.buckets))
+    if self.canvas not in self.buckets:
+      raise ValueError(f'size buckets {self.buckets} need one bucket that holds all others (the canvas)')
+    if self.manifest.max_tracks_per_video > spec.max_instances:
+      logging.warning('%s: videos have up to %d tracks; clips keep the first max_instances=%d visible ones',
+                      spec.root, self.manifest.max_tracks_per_video, spec.max_instances)
+    self.builder = ClipBuilder(self.sampler, self.recipe, self.canvas, spec.max_instances, spec.drop_crowd)
+    self._step = 0
+    self._iterator = None
+
+  @property
+  def records_per_epoch(self) -> int:
+    return self.plan.num_records
+
+  def _dataset(self, start_step: int):
+    tf = tfrecord.import_tf()
+    spec, plan = self.spec, self.plan
+    base = tf.constant([spec.seed, spec.process_index], tf.int64)
+    first_record = start_step * spec.batch_size
+    first_epoch, offset = divmod(first_record, plan.num_records)
+
+    def epoch(e):
+      records = _process_records(plan, samplers.fold(base, 0, e))
+      records = records.shuffle(max(spec.shuffle_buffer, 1), seed=samplers.fold(base, 1, e)[0],
+                                reshuffle_each_iteration=False)
+      return records.enumerate().map(tf.autograph.experimental.do_not_convert(lambda i, r: (e, i, r)))
+
+    plain = tf.autograph.experimental.do_not_convert  # All control flow below is explicit tf.cond / Python.
+    ds = tf.data.Dataset.range(first_epoch, _MAX_EPOCHS).flat_map(plain(epoch)).skip(offset)
+    ds = ds.map(plain(lambda e, i, r: self.builder(r, samplers.fold(base, 2, e, i))),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(spec.batch_size, drop_remainder=True)
+    if spec.process_count == 1 and len(self.buckets) > 1:
+      ds = ds.map(plain(lambda b: _cut_to_bucket(b, self.buckets)))
+    options = tf.data.Options()
+    options.deterministic = True
+    ds = ds.with_options(options)
+    return ds.prefetch(max(spec.prefetch, 1))
+
+  def __iter__(self) -> 'TrainIterator':
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    tf = tfrecord.import_tf()
+    if self._iterator is None:
+      self._iterator = iter(self._dataset(self._step))
+    try:
+      batch = next(self._iterator)
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+      self._iterator = None
+      raise _diagnose(self.plan.paths, e) from None
+    self._step += 1
+    return {k: v.numpy() for k, v in batch.items()}
+
+  def get_state(self) -> dict[str, int]:
+    """Position after the last produced batch (plus the settings it is only valid for)."""
+    return {'step': self._step, 'seed': self.spec.seed, 'batch_size': self.spec.batch_size,
+            'process_count': self.spec.process_count, 'records_per_epoch': self.plan.num_records}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    """Resumes at `state['step']`; the other keys must match this iterator's settings."""
+    mine = self.get_state()
+    for key in ('seed', 'batch_size', 'process_count', 'records_per_epoch'):
+      if key in state and int(state[key]) != mine[key]:
+        raise ValueError(f'iterator state was saved with {key}={int(state[key])}, this input has {mine[key]}')
+    step = int(state['step'])
+    if step < 0:
+      raise ValueError(f'iterator state step must be >= 0, got {step}')
+    self._step = step
+    self._iterator = None
+
+
+def _diagnose(paths: Sequence[str], error) -> tfrecord.RecordFormatError:
+  """Turns a TF error from the input pipeline into a RecordFormatError naming the bad shard/record if it finds one."""
+  found = tfrecord.find_corrupt_shard(paths)
+  if found is not None:
+    path, index, message = found
+    return tfrecord.RecordFormatError(f'{path}: record {index}: {message}')
+  return tfrecord.RecordFormatError(
+      f'bad training record in {os.path.dirname(paths[0])}: {tfrecord.error_text(error)}')
+
+
+def make_train_iterator(config, *, process_index: int = 0, process_count: int = 1) -> TrainIterator:
+  """Builds the training iterator from a visjax config.
+
+  Reads `config.dataset.tfrecords`, `config.method`, `config.seed` and `config.input.{batch_size (global),
+  clip_len, max_instances, min_size_train, max_size_train, size_divisibility, size_buckets, shuffle_buffer,
+  prefetch}` plus, when present, `config.input.{sampling_frame_range, drop_crowd, augment}` (`augment`: a dict of
+  `augment.Recipe` field overrides).
+  """
+  inp = config.input
+  if inp.batch_size % process_count:
+    raise ValueError(f'config.input.batch_size={inp.batch_size} is not divisible by process_count={process_count}')
+  if not config.dataset.tfrecords:
+    raise ValueError('config.dataset.tfrecords is empty: convert the dataset with data_pipeline.convert first')
+  overrides = inp.get('augment', None) or {}
+  if hasattr(overrides, 'to_dict'):
+    overrides = overrides.to_dict()
+  spec = TrainSpec(
+      root=config.dataset.tfrecords, method=config.method, batch_size=inp.batch_size // process_count,
+      max_instances=inp.max_instances, min_sizes=tuple(inp.min_size_train), max_size=inp.max_size_train,
+      size_buckets=tuple(tuple(b) for b in inp.size_buckets), size_divisibility=inp.size_divisibility,
+      clip_len=inp.clip_len, frame_range=inp.get('sampling_frame_range', None), seed=config.seed,
+      shuffle_buffer=inp.shuffle_buffer, prefetch=inp.prefetch, drop_crowd=inp.get('drop_crowd', True),
+      augment=dict(overrides), process_index=process_index, process_count=process_count)
+  return TrainIterator(spec)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Eval videos.
+
+
+def _eval_settings(source, min_size, max_size, size_divisibility):
+  if isinstance(source, str):
+    return source, min_size or 480, max_size or 1333, size_divisibility or 32
+  inp = source.input
+  root = source.dataset.get('eval_tfrecords', '') or source.dataset.tfrecords
+  return (root, min_size or inp.min_size_test, max_size or inp.max_size_test,
+          size_divisibility or inp.size_divisibility)
+
+
+def _resize_frames_fn():
+  tf = tfrecord.import_tf()
+
+  scalar = tf.TensorSpec([], tf.int32)
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string)] + [scalar] * 6, autograph=False)
+  def resize(encoded, height, width, new_h, new_w, pad_h, pad_w):
+    def one(data):
+      image = tfrecord.decode_frame(data, height, width)
+      image = tf.image.resize(image, tf.stack([new_h, new_w]), method='bilinear', antialias=True)
+      image = tf.cast(tf.clip_by_value(tf.math.round(image), 0, 255), tf.uint8)
+      return tf.image.pad_to_bounding_box(image, 0, 0, pad_h, pad_w)
+    return tf.map_fn(one, encoded, fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+  return resize
+
+
+def eval_video_chunks(source, *, chunk_len: int = 0, process_index: int = 0, process_count: int = 1,
+                      min_size: int | None = None, max_size: int | None = None,
+                      size_divisibility: int | None = None, max_videos: int = -1) -> Iterator[dict[str, Any]]:
+  """Yields eval videos in chunks of at most `chunk_len` frames (0 = whole video), decoding only that chunk.
+
+  Args:
+    source: a config (`config.dataset.eval_tfrecords`, falling back to `.tfrecords`; `config.input.min_size_test`,
+      `max_size_test`, `size_divisibility`) or the path of a converted directory.
+    chunk_len: frames per chunk; 0 yields each video as one chunk.
+    process_index, process_count: this process's share of the videos (as for training).
+    min_size, max_size, size_divisibility: override the test resize.
+    max_videos: stop after this many videos of this process (-1: all).
+
+  Yields:
+    dicts with `video_id`, `name`, `length`, `orig_size (h, w)`, `image_size (h, w)` after the test resize,
+    `start` (index of the chunk's first frame), `last` (bool), and `frames` uint8 `[c, Hp, Wp, 3]`.
+  """
+  tf = tfrecord.import_tf()
+  root, min_size, max_size, div = _eval_settings(source, min_size, max_size, size_divisibility)
+  manifest = tfrecord.load_manifest(root)
+  plan = plan_process_shard(manifest, process_index, process_count)
+  resize = _resize_frames_fn()
+  global_index, produced = 0, 0
+  for path in plan.paths:
+    record_index = 0  # Records of this shard fully handled; the index of the one being read or parsed.
+    try:
+      for serialized in tf.data.TFRecordDataset(path):
+        mine = not plan.modulo or global_index % plan.count == plan.index
+        global_index += 1
+        if mine:
+          if 0 <= max_videos <= produced:
+            return
+          yield from _video_chunks(serialized, resize, path, record_index, chunk_len, min_size, max_size, div)
+          produced += 1
+        record_index += 1
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+      raise tfrecord.RecordFormatError(f'{path}: record {record_index}: {tfrecord.error_text(e)}') from None
+
+
+def _video_chunks(serialized, resize, path, record_index, chunk_len, min_size, max_size, div):
+  """Parses one record and yields its resized, padded frames in chunks (see `eval_video_chunks`)."""
+  tf = tfrecord.import_tf()
+  v = tfrecord.parse_video(serialized)
+  height, width, length = int(v['height']), int(v['width']), int(v['num_frames'])
+  if length == 0:
+    raise tfrecord.RecordFormatError(f'{path}: record {record_index}: empty video id={int(v["video_id"])}')
+  new_h, new_w = (int(x) for x in augment.shortest_edge_size(height, width, float(min_size), float(max_size)))
+  pad_h, pad_w = _round_up(new_h, div), _round_up(new_w, div)
+  step = chunk_len if chunk_len > 0 else length
+  meta = {'video_id': int(v['video_id']), 'name': v['name'].numpy().decode('utf-8'), 'length': length,
+          'orig_size': (height, width), 'image_size': (new_h, new_w)}
+  for start in range(0, length, step):
+    sizes = (tf.constant(x, tf.int32) for x in (height, width, new_h, new_w, pad_h, pad_w))
+    frames = resize(v['encoded'][start:start + step], *sizes)
+    yield {**meta, 'start': start, 'last': start + step >= length, 'frames': frames.numpy()}
+
+
+def eval_videos(source, **kwargs) -> Iterator[dict[str, Any]]:
+  """Yields whole eval videos (INTERFACES §2): `video_id, name, length, orig_size, image_size, frames [T, Hp, Wp, 3]`.
+
+  Same arguments as `eval_video_chunks` (without `chunk_len`).
+  """
+  for chunk in eval_video_chunks(source, chunk_len=0, **kwargs):
+    chunk.pop('start')
+    chunk.pop('last')
+    yield chunk
