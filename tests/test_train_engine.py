@@ -71,9 +71,9 @@ def test_stop_and_resume_reproduces_losses(straight_run, tmp_path):
   workdir = str(tmp_path)
   trainer.train(_config(num_steps=2, checkpoint_every=2), workdir)
   assert ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints')).latest_step() == 2
-  # A log line past the checkpoint (as a crash would leave) is dropped on resume.
+  # Log lines past the checkpoint and a torn last line (as a crash would leave) are dropped on resume.
   with open(os.path.join(workdir, 'train_log.jsonl'), 'a') as f:
-    f.write(json.dumps({'step': 3, 'loss': -1.0}) + '\n')
+    f.write(json.dumps({'step': 3, 'loss': -1.0}) + '\n{"step": 4, "lo')
   trainer.train(_config(num_steps=4, checkpoint_every=2), workdir)
   _assert_same_losses(train_toy.read_log(workdir), want)
 

@@ -241,13 +241,20 @@ class MetricLogger:
 
 
 def _truncate_log(path: str, start_step: int) -> None:
-  """Drops log lines past `start_step` (written before a crash, after the checkpoint we resume from)."""
+  """Drops log lines past `start_step` (written after the checkpoint we resume from) and a torn last line."""
   if not os.path.exists(path):
     return
   with open(path) as f:
-    lines = [ln for ln in f if ln.strip()]
-  kept = [ln for ln in lines if json.loads(ln)['step'] <= start_step]
-  if len(kept) != len(lines):
+    lines = f.readlines()
+  kept = []
+  for line in lines:
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if row['step'] <= start_step:
+      kept.append(line if line.endswith('\n') else line + '\n')
+  if kept != lines:
     with open(path, 'w') as f:
       f.writelines(kept)
 
