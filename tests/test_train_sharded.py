@@ -1,5 +1,5 @@
 """The same 3 train steps on 1 device, on 8 fake CPU devices (meshes 4×2 with FSDP rules, and 8×1), and in a
-2-process run on loopback (jax.distributed, CPU collectives): losses agree to rel 1e-5."""
+2-process run on loopback (jax.distributed, CPU collectives, then a sharded eval): losses agree to rel 1e-5."""
 
 import json
 import os
@@ -80,7 +80,7 @@ def _free_port() -> int:
 def test_two_processes_on_loopback_match_one(one_device_log, tmp_path):
   workdir = str(tmp_path)
   address = f'127.0.0.1:{_free_port()}'
-  procs = [train_toy.run_main(workdir, '--config.mesh.data=2', wait=False,
+  procs = [train_toy.run_main(workdir, '--config.mesh.data=2', mode='train_and_eval', wait=False,
                               env={'JAX_COORDINATOR_ADDRESS': address, 'JAX_NUM_PROCESSES': '2',
                                    'JAX_PROCESS_ID': str(i)})
            for i in range(2)]
@@ -97,3 +97,7 @@ def test_two_processes_on_loopback_match_one(one_device_log, tmp_path):
   assert 'process 0 of 2' in outputs[0] and 'process 1 of 2' in outputs[1]
   _assert_close(train_toy.read_log(workdir), one_device_log)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3']
+  # Eval: each process predicts its share of the videos; process 0 gathers and writes the results.
+  with open(os.path.join(workdir, 'results.json')) as f:
+    assert sorted(r['video_id'] for r in json.load(f)) == [1, 2]
+  assert not os.path.exists(os.path.join(workdir, 'eval_parts'))
