@@ -87,6 +87,56 @@ def test_compressed_rle_valid_accepts_pycocotools_strings_and_rejects_corruption
   assert not rle_lib.compressed_rle_valid([_encode_runs([5, 3, 2, -9, 4])], [10]).any()
 
 
+def _decode_ok(counts, num_pixels):
+  """Plain-Python port of pycocotools' rleFrString, plus the validity conditions."""
+  if not counts or any(not 48 <= ord(ch) < 112 for ch in counts):
+    return False
+  runs, p = [], 0
+  while p < len(counts):
+    x, k, more = 0, 0, True
+    while more:
+      if p == len(counts) or k == 7:
+        return False  # Runs past the end / longer than a 32-bit number.
+      c = ord(counts[p]) - 48
+      x |= (c & 0x1f) << (5 * k)
+      more = bool(c & 0x20)
+      p += 1
+      k += 1
+      if not more and c & 0x10:
+        x -= 1 << (5 * k)
+    if len(runs) > 2:
+      x += runs[-2]
+    runs.append(x)
+  return min(runs) >= 0 and sum(runs) == num_pixels
+
+
+def test_compressed_rle_valid_matches_a_python_decoder_on_corrupted_batches():
+  rng = np.random.default_rng(11)
+  alphabet = [chr(c) for c in range(40, 120)]
+  counts, pixels = [], []
+  for _ in range(600):
+    h, w = rng.integers(1, 120, 2)
+    mask = np.zeros((h, w), bool)
+    mask[rng.integers(0, h):rng.integers(0, h + 1), rng.integers(0, w):rng.integers(0, w + 1)] = True
+    if rng.random() < 0.3:
+      mask |= rng.random((h, w)) < 0.1
+    c = results_lib.encode_mask(mask)['counts']
+    kind = rng.integers(6)
+    if kind == 1 and len(c) > 1:
+      c = c[:rng.integers(1, len(c))]
+    elif kind == 2:
+      i = rng.integers(len(c))
+      c = c[:i] + str(rng.choice(alphabet)) + c[i + 1:]
+    elif kind == 3:
+      i = rng.integers(len(c) + 1)
+      c = c[:i] + str(rng.choice(alphabet)) + c[i:]
+    counts.append(c)
+    pixels.append(int(h * w) + int(kind == 4))
+  expected = np.array([_decode_ok(c, p) for c, p in zip(counts, pixels)])
+  assert 0.3 < expected.mean() < 0.9  # Both kinds are well represented.
+  np.testing.assert_array_equal(rle_lib.compressed_rle_valid(counts, pixels), expected)
+
+
 def _encode_runs(numbers):
   """pycocotools' string coding of raw (already differenced) numbers."""
   out = []

@@ -97,7 +97,7 @@ def _is_real(x) -> bool:
 def _check_record(index: int, record, table: Mapping, category_ids: set | None) -> list:
   """Raises ValueError naming results[index], its video and the field when the record is malformed.
 
-  Returns the record's (frame index, RLE counts) pairs, whose strings the caller decodes in bulk.
+  Returns the record's RLE counts strings (present frames, in order), which the caller decodes in bulk.
   """
   where = f'results[{index}]'
   if not isinstance(record, Mapping):
@@ -124,39 +124,52 @@ def _check_record(index: int, record, table: Mapping, category_ids: set | None) 
     raise ValueError(f"{where}: field 'segmentations': expected a list, got {type(segmentations).__name__}")
   if len(segmentations) != num_frames:
     raise ValueError(f"{where}: field 'segmentations': {len(segmentations)} frames, the video has {num_frames}")
-  rles = []
-  for t, seg in enumerate(segmentations):
-    if seg is None:
-      continue
-    field = f"{where}: field 'segmentations'[{t}]"
-    if not isinstance(seg, dict) or 'size' not in seg or 'counts' not in seg:
-      raise ValueError(f"{field}: expected None or a compressed RLE dict {{'size', 'counts'}}, got {seg!r:.80}")
-    size = seg['size']
-    if not isinstance(size, (list, tuple)) or list(size) != [height, width] or not all(
-        isinstance(s, (int, np.integer)) for s in size):
-      raise ValueError(f"{field}: RLE size {size!r} differs from the video size {[height, width]}")
-    if not isinstance(seg['counts'], (str, bytes)):
-      raise ValueError(f"{field}: RLE 'counts' must be a compressed RLE string, got {type(seg['counts']).__name__}")
-    rles.append((t, seg['counts']))
-  return rles
+  size = [height, width]
+  # Fast path: every present frame a dict with the video's size and a string 'counts' (pycocotools accepts any
+  # numbers equal to the size, e.g. 360.0).
+  counts = [s['counts'] for s in segmentations
+            if s is not None and type(s) is dict and s.get('size') == size and type(s.get('counts')) in (str, bytes)]
+  if len(counts) != len(segmentations) - segmentations.count(None):  # Look closer, frame by frame.
+    counts = []
+    for t, seg in enumerate(segmentations):
+      if seg is not None:
+        _check_frame(f"{where}: field 'segmentations'[{t}]", seg, size)
+        counts.append(seg['counts'])
+  return counts
+
+
+def _check_frame(field: str, seg, size: list) -> None:
+  """Raises ValueError naming `field` unless `seg` is a compressed RLE dict of the given size."""
+  if not isinstance(seg, dict) or 'size' not in seg or 'counts' not in seg:
+    raise ValueError(f"{field}: expected None or a compressed RLE dict {{'size', 'counts'}}, got {seg!r:.80}")
+  if not isinstance(seg['size'], (list, tuple)) or list(seg['size']) != size:
+    raise ValueError(f"{field}: RLE size {seg['size']!r} differs from the video size {size}")
+  if not isinstance(seg['counts'], (str, bytes)):
+    raise ValueError(f"{field}: RLE 'counts' must be a compressed RLE string, got {type(seg['counts']).__name__}")
 
 
 def _check_records(records: Sequence, table: Mapping, category_ids: set | None, first_index: int = 0) -> None:
   """Checks records (numbered from `first_index`); RLE strings of all records are decoded together (fast)."""
-  where, counts, num_pixels = [], [], []
+  counts, num_pixels, owners = [], [], []
   for i, record in enumerate(records, first_index):
-    rles = _check_record(i, record, table, category_ids)
+    record_counts = _check_record(i, record, table, category_ids)
     _, height, width = table[record['video_id']]
-    for t, c in rles:
-      where.append((i, record['video_id'], t, height, width))
-      counts.append(c)
-      num_pixels.append(height * width)
-  if counts:
-    valid = rle_lib.compressed_rle_valid(counts, num_pixels)
-    if not valid.all():
-      i, video_id, t, height, width = where[int(np.argmin(valid))]
-      raise ValueError(f"results[{i}] (video_id={video_id!r}): field 'segmentations'[{t}]: corrupt RLE 'counts' "
-                       f'(does not decode to runs covering {height}x{width} pixels)')
+    counts.extend(record_counts)
+    num_pixels.append(np.full(len(record_counts), height * width, np.int64))
+    owners.append(np.full(len(record_counts), i - first_index, np.int64))
+  if not counts:
+    return
+  valid = rle_lib.compressed_rle_valid(counts, np.concatenate(num_pixels))
+  if valid.all():
+    return
+  bad = int(np.argmin(valid))
+  index = int(np.concatenate(owners)[bad])
+  record = records[index]
+  _, height, width = table[record['video_id']]
+  present = [t for t, seg in enumerate(record['segmentations']) if seg is not None]
+  t = present[bad - int(np.searchsorted(np.concatenate(owners), index))]
+  raise ValueError(f"results[{index + first_index}] (video_id={record['video_id']!r}): field 'segmentations'[{t}]: "
+                   f"corrupt RLE 'counts' (does not decode to runs covering {height}x{width} pixels)")
 
 
 def validate_results(results, gt_or_videos) -> None:

@@ -14,46 +14,82 @@ import numpy as np
 # A run length below 2**32 needs at most 7 groups of 5 bits (including the sign bit); longer numbers are invalid.
 _MAX_GROUPS = 7
 # Strings are decoded in chunks of about this many characters to bound the temporary arrays.
-_CHUNK_CHARS = 1 << 18
+_CHUNK_CHARS = 1 << 17
 
 
-def _valid_chunk(encoded: list[bytes], num_pixels: np.ndarray) -> np.ndarray:
-  """`compressed_rle_valid` for non-empty byte strings."""
-  lengths = np.fromiter(map(len, encoded), np.int64, len(encoded))
+def _all_valid(chars: np.ndarray, lengths: np.ndarray, num_pixels: np.ndarray) -> bool:
+  """Whether every string is well formed; `chars` [C] uint8 holds N strings of `lengths` [N] (all > 0)."""
+  value = chars - np.uint8(48)  # As pycocotools; valid values are 0..63.
   string_stops = np.cumsum(lengths) - 1
-  string_starts = string_stops - lengths + 1
-  value = np.frombuffer(b''.join(encoded), np.uint8) - np.uint8(48)  # As pycocotools; valid values are 0..63.
-  ok = ~np.logical_or.reduceat(value > 63, string_starts) & (value[string_stops] < 32)
-  ends = value < 32  # No continuation bit (0x20): the character ends a number.
-  ends[string_stops] = True  # Never let a broken string run into the next one.
+  if (value > 63).any() or (value[string_stops] >= 32).any():
+    return False  # A bad character, or a string whose last number continues (0x20) past its end.
 
-  # Numbers: the character at stops[n] holds the highest 5 bits of number n (nearly all numbers are 1 character).
-  stops = np.flatnonzero(ends)
+  # Numbers end at characters without the continuation bit; their last character holds the highest 5 bits,
+  # whose bit 0x10 is the sign. Nearly all numbers are one character.
+  stops = np.flatnonzero(value < 32)
+  top = value[stops]
+  number = (top & 15).astype(np.int64) - (top & 16)
   groups = np.diff(stops, prepend=-1)
-  number = (value[stops] & 0x1f).astype(np.int64)
   longer = np.flatnonzero(groups > 1)
-  for k in range(1, _MAX_GROUPS):
-    longer = longer[groups[longer] > k]
-    if not longer.size:
-      break
-    number[longer] = (number[longer] << 5) | (value[stops[longer] - k] & 0x1f)
-  negative = (value[stops] & 0x10) != 0
-  number -= negative.astype(np.int64) << (5 * np.minimum(groups, _MAX_GROUPS))
+  if longer.size:
+    g = groups[longer]
+    if g.max() > _MAX_GROUPS:
+      return False
+    start = stops[longer] - g + 1
+    x = np.zeros(longer.size, np.int64)
+    for k in range(int(g.max())):
+      x += np.where(k < g, (value[np.minimum(start + k, stops[longer])] & 0x1f).astype(np.int64) << (5 * k), 0)
+    number[longer] = x - (((top[longer] & 16) != 0).astype(np.int64) << (5 * g))
 
-  # Runs: run m = number m + run m - 2 for m > 2, i.e. per string a cumulative sum over each parity class starting
-  # at m = 1 (odd) and m = 2 (even); run 0 is number 0.
-  first_numbers = np.searchsorted(stops, string_starts)
-  first = np.repeat(first_numbers, np.diff(first_numbers, append=stops.size))
-  odd = ((np.arange(stops.size) - first) & 1).astype(bool)
-  later = number.copy()
-  later[first_numbers] = 0
-  odd_sums = np.cumsum(np.where(odd, later, 0))
-  even_sums = np.cumsum(np.where(odd, 0, later))
-  runs = np.where(odd, odd_sums - odd_sums[first], even_sums - even_sums[first])
-  runs[first_numbers] = number[first_numbers]
-  ok &= ~np.logical_or.reduceat((runs < 0) | (groups > _MAX_GROUPS), first_numbers)
-  ok &= np.add.reduceat(runs, first_numbers) == num_pixels
-  return ok
+  # Runs: run m = number m for m <= 2 and number m + run m - 2 after. With each string's first number set aside,
+  # a prefix sum over the numbers of equal (global) index parity gives run m = prefix[m] - the prefix just before
+  # the string in m's parity class.
+  first = np.searchsorted(stops, string_stops - lengths + 1)
+  count = np.diff(first, append=stops.size)
+  first_run = number[first]
+  number[first] = 0
+  prefix = np.empty_like(number)
+  prefix[0::2] = np.cumsum(number[0::2])
+  prefix[1::2] = np.cumsum(number[1::2])
+  base_same = prefix[first]
+  base_other = np.where(first > 0, prefix[first - 1], 0)
+  total = first_run.copy()
+  if (first_run < 0).any():
+    return False
+  for parity in (0, 1):
+    base = np.where(first % 2 == parity, base_same, base_other)
+    begin = (first + 1 - parity) // 2  # Range of the string's numbers in prefix[parity::2].
+    end = (first + count + 1 - parity) // 2
+    runs = prefix[parity::2] - np.repeat(base, end - begin)
+    if runs.size and (runs.min() < 0 or runs.max() > num_pixels.max()):
+      return False
+    sums = np.r_[0, np.cumsum(runs)]
+    total += sums[end] - sums[begin]
+  return bool((total == num_pixels).all())
+
+
+def _mark_valid(chars: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, num_pixels: np.ndarray,
+                ok: np.ndarray) -> None:
+  """Sets ok[i] for the well-formed strings; bisects a batch until the bad strings are isolated."""
+  if _all_valid(chars[offsets[0]:offsets[-1]], lengths, num_pixels):
+    ok[:] = True
+  elif len(lengths) > 1:
+    mid = len(lengths) // 2
+    _mark_valid(chars, offsets[:mid + 1], lengths[:mid], num_pixels[:mid], ok[:mid])
+    _mark_valid(chars, offsets[mid:], lengths[mid:], num_pixels[mid:], ok[mid:])
+
+
+def _concatenate(counts: Sequence[str | bytes]) -> tuple[bytes, np.ndarray, np.ndarray]:
+  """(all strings as one ASCII byte string, [N] lengths, [N] usable): non-ASCII / non-string entries are unusable."""
+  if set(map(type, counts)) <= {str}:
+    joined = ''.join(counts)
+    if joined.isascii():
+      lengths = np.fromiter(map(len, counts), np.int64, len(counts))
+      return joined.encode('ascii'), lengths, np.ones(len(counts), bool)
+  encoded = [c.encode('ascii') if isinstance(c, str) and c.isascii() else c if isinstance(c, bytes) else b''
+             for c in counts]
+  usable = np.array([isinstance(c, bytes) or (isinstance(c, str) and c.isascii()) for c in counts], bool)
+  return b''.join(encoded), np.fromiter(map(len, encoded), np.int64, len(encoded)), usable
 
 
 def compressed_rle_valid(counts: Sequence[str | bytes], num_pixels: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -68,28 +104,16 @@ def compressed_rle_valid(counts: Sequence[str | bytes], num_pixels: Sequence[int
     character, and decodes to run lengths that are all >= 0 and sum to `num_pixels`.
   """
   num_pixels = np.asarray(num_pixels, np.int64).reshape(len(counts))
+  joined, lengths, usable = _concatenate(counts)
+  chars = np.frombuffer(joined, np.uint8)
+  # Empty and unusable strings have no characters, so the candidates' characters are contiguous.
+  candidates = np.flatnonzero(usable & (lengths > 0))
+  offsets = np.r_[0, np.cumsum(lengths[candidates])]
+  valid = np.zeros(candidates.size, bool)
+  # Batches of about _CHUNK_CHARS characters keep the temporaries in cache.
+  bounds = np.unique(np.r_[np.searchsorted(offsets, np.arange(0, offsets[-1], _CHUNK_CHARS)), candidates.size])
+  for lo, hi in zip(bounds[:-1], bounds[1:]):
+    _mark_valid(chars, offsets[lo:hi + 1], lengths[candidates[lo:hi]], num_pixels[candidates[lo:hi]], valid[lo:hi])
   ok = np.zeros(len(counts), bool)
-  chunk, chunk_index = [], []
-
-  def flush():
-    if chunk:
-      ok[chunk_index] = _valid_chunk(chunk, num_pixels[chunk_index])
-      chunk.clear()
-      chunk_index.clear()
-
-  chunk_chars = 0
-  for i, c in enumerate(counts):
-    if isinstance(c, str):
-      if not c.isascii():
-        continue
-      c = c.encode('ascii')
-    if not isinstance(c, bytes) or not c:
-      continue
-    chunk.append(c)
-    chunk_index.append(i)
-    chunk_chars += len(c)
-    if chunk_chars >= _CHUNK_CHARS:
-      flush()
-      chunk_chars = 0
-  flush()
+  ok[candidates] = valid
   return ok

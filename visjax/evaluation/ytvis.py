@@ -153,7 +153,11 @@ def _video_ious(dts: _Tracks, d_sel: np.ndarray, gts: _Tracks, num_frames: int) 
     if di and gi:
       # With iscrowd=1 pycocotools gives |P ∩ G| / |P| as a double; multiplying back recovers the exact integer.
       ratio = mask_utils.iou([d_rles[i][t] for i in di], [gts.rles[j][t] for j in gi], crowd[:len(gi)])
-      inter[np.ix_(di, gi)] += np.rint(ratio * d_areas[di, t][:, None]).astype(np.int64)
+      frame_inter = np.rint(ratio * d_areas[di, t][:, None]).astype(np.int64)
+      if len(di) == len(d_rles) and len(gi) == len(gts.rles):
+        inter += frame_inter
+      else:
+        inter[np.ix_(di, gi)] += frame_inter
   union = d_areas.sum(1)[:, None] + g_areas.sum(1)[None, :] - inter
   return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
 
@@ -201,7 +205,8 @@ def _match(ious: np.ndarray, gt_ignore: np.ndarray, crowd: np.ndarray, gt_ids: n
 
 
 def _evaluate_videos(gt_tracks: dict, dt_tracks: dict, table: Mapping, category_ids: list) -> dict:
-  """Per category, the per-video results in video-id order: (scores [D], matched, ignored [A, T, D], gt_ignore [A, G])."""
+  """Per category, the per-video results in video-id order: (scores [D], matched [A, T, D], ignored [A, T, D],
+  number of non-ignored gt [A])."""
   max_det = MAX_DETS[-1]
   per_category = {c: [] for c in category_ids}
   empty = _Tracks()
@@ -235,13 +240,13 @@ def _evaluate_videos(gt_tracks: dict, dt_tracks: dict, table: Mapping, category_
       matched, ignored = _match(ious[d_rows][:, g_idx], gt_ignore, crowd, np.array(gts.ids)[g_idx])
       outside = _outside(np.array(dts.avg_area, np.float64)[d_idx])[:, None, :]
       ignored |= ~matched & outside
-      per_category[c].append((d_score[d_idx], matched, ignored, gt_ignore))
+      per_category[c].append((d_score[d_idx], matched, ignored, np.count_nonzero(~gt_ignore, axis=1)))
   return per_category
 
 
 def _precision_recall(evals: list, area: int, max_det: int) -> tuple[np.ndarray, np.ndarray] | None:
   """Official accumulate() for one category, area range and maxDets: precision [T, R], recall [T]."""
-  num_gt = sum(int(np.count_nonzero(~e[3][area])) for e in evals)
+  num_gt = sum(int(e[3][area]) for e in evals)
   if num_gt == 0:
     return None
   scores = np.concatenate([e[0][:max_det] for e in evals])
