@@ -220,7 +220,7 @@ def test_convert_then_eval_uses_ported_weights(straight_run, tmp_path):
   restore.convert_checkpoint(config, workdir)
   config.init_from = ''
   model = restore.load_model(config, workdir)
-  params = nnx.state(model, nnx.Param).to_pure_dict()
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   np.testing.assert_array_equal(params['backbone']['kernel'], official['backbone.weight'].transpose(2, 3, 1, 0))
   np.testing.assert_array_equal(params['head']['bias'], official['head.bias'])
 

@@ -59,7 +59,7 @@ def data_source(config: ml_collections.ConfigDict):
 
 def _split_model(model: nnx.Module) -> tuple[Any, dict, dict]:
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  return graphdef, params.to_pure_dict(), rest.to_pure_dict()
+  return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
 
 
 def build_setup(config: ml_collections.ConfigDict, method: registry.Method,
