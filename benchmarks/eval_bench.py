@@ -110,19 +110,17 @@ def main() -> None:
     print(f'results.json {os.path.getsize(json_path) / 2**20:.1f} MiB, results.zip '
           f'{os.path.getsize(zip_path) / 2**20:.1f} MiB')
 
-    tic = time.perf_counter()
-    results_lib.validate_results(results, gt)
-    validate_s = time.perf_counter() - tic
-    tic = time.perf_counter()
-    metrics = ytvis.evaluate(gt, results)
-    in_memory_s = time.perf_counter() - tic
-    tic = time.perf_counter()
-    from_files = ytvis.evaluate(gt_path, json_path)
-    files_s = time.perf_counter() - tic
-  assert from_files == metrics
-  print(f'validate_results: {validate_s:.2f}s (included in evaluate)')
-  print(f'evaluate (loaded json objects): {in_memory_s:.2f}s')
-  print(f'evaluate (paths, including json parsing): {files_s:.2f}s')
+    timings = {}
+    for name, fn in (('validate_results', lambda: results_lib.validate_results(results, gt)),
+                     ('evaluate (loaded json objects)', lambda: ytvis.evaluate(gt, results)),
+                     ('evaluate (paths, including json parsing)', lambda: ytvis.evaluate(gt_path, json_path))):
+      wall, cpu = time.perf_counter(), time.process_time()
+      timings[name] = fn()
+      print(f'{name}: wall {time.perf_counter() - wall:.2f} s, CPU {time.process_time() - cpu:.2f} s, '
+            f'load average {os.getloadavg()[0]:.1f}')
+  metrics = timings['evaluate (loaded json objects)']
+  assert timings['evaluate (paths, including json parsing)'] == metrics
+  print('(evaluate includes validate_results)')
   print('metrics: ' + ', '.join(f'{k}={v:.4f}' for k, v in metrics.items()))
 
 

@@ -215,7 +215,11 @@ def test_write_results_json_and_codalab_zip(tmp_path):
   with zipfile.ZipFile(zip_path) as z:
     assert z.namelist() == ['results.json']
     assert json.loads(z.read('results.json')) == res
-  assert ytvis.evaluate(gt, json_path) == ytvis.evaluate(gt, res)
+  assert ytvis.evaluate(gt, json_path) == ytvis.evaluate(gt, res) == ytvis.evaluate(gt, zip_path)
+  with zipfile.ZipFile(tmp_path / 'bad.zip', 'w') as z:
+    z.writestr('sub/results.json', '[]')
+  with pytest.raises(ValueError, match='no results.json at its root'):
+    ytvis.evaluate(gt, tmp_path / 'bad.zip')
 
 
 def test_streaming_writer_and_video_tracks(tmp_path):

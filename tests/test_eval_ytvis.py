@@ -64,6 +64,14 @@ def test_perfect_match_is_one():
   assert ytvis.evaluate_per_category(gt, res) == pytest.approx({'cat1': 1.0, 'cat2': 1.0}, abs=1e-12)
 
 
+def test_per_category_ap_and_shared_names():
+  gt = _gt({1: (1, H, W)}, [(1, 1, [A], 0), (1, 2, [B], 0)], categories=(1, 2, 3))
+  res = [_pred(1, 1, 0.9, [A]), _pred(1, 2, 0.9, [A])]
+  assert ytvis.evaluate_per_category(gt, res) == {'cat1': pytest.approx(1.0, abs=1e-12), 'cat2': 0.0, 'cat3': -1.0}
+  gt['categories'][2]['name'] = 'cat1'
+  assert list(ytvis.evaluate_per_category(gt, res)) == ['cat1 (id 1)', 'cat2', 'cat1 (id 3)']
+
+
 def test_one_missed_gt():
   # Recall 0.5 at precision 1: the 51 recall points 0, 0.01, ..., 0.50 read 1, the other 50 read 0.
   gt = _gt({1: (2, H, W)}, [(1, 1, [A, A], 0), (1, 1, [B, B], 0)])

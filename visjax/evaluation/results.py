@@ -27,11 +27,16 @@ RESULTS_ZIP = 'results.zip'
 
 
 def load_json(path_or_obj):
-  """Returns the parsed json of a path, or the object itself when it is already loaded."""
-  if isinstance(path_or_obj, (str, os.PathLike)):
-    with open(path_or_obj) as f:
-      return json.load(f)
-  return path_or_obj
+  """The parsed json of a path (a CodaLab zip: its results.json), or the object itself when already loaded."""
+  if not isinstance(path_or_obj, (str, os.PathLike)):
+    return path_or_obj
+  if zipfile.is_zipfile(path_or_obj):
+    with zipfile.ZipFile(path_or_obj) as z:
+      if RESULTS_JSON not in z.namelist():
+        raise ValueError(f'{path_or_obj}: the zip has no {RESULTS_JSON} at its root (members: {z.namelist()[:5]})')
+      return json.loads(z.read(RESULTS_JSON))
+  with open(path_or_obj) as f:
+    return json.load(f)
 
 
 def encode_mask(mask: np.ndarray) -> dict:

@@ -311,10 +311,13 @@ def summarize(acc: Accumulated) -> dict[str, float]:
 
 
 def per_category_ap(acc: Accumulated) -> dict[str, float]:
-  """AP (IoU 0.50:0.95, area all, maxDets 100) per category name; -1 for categories without gt."""
-  if len(set(acc.category_names)) != len(acc.category_names):
-    raise ValueError('gt categories have duplicate names; per-category AP is keyed by name')
-  return {name: _mean_defined(acc.precision[:, :, k, 0, -1]) for k, name in enumerate(acc.category_names)}
+  """AP (IoU 0.50:0.95, area all, maxDets 100) per category name; -1 for categories without gt.
+
+  A name that several categories share is suffixed with the category id, e.g. 'person (id 3)'.
+  """
+  names = acc.category_names
+  keys = [f'{n} (id {c})' if names.count(n) > 1 else n for n, c in zip(names, acc.category_ids)]
+  return {key: _mean_defined(acc.precision[:, :, k, 0, -1]) for k, key in enumerate(keys)}
 
 
 def evaluate(gt, results) -> dict[str, float]:
