@@ -1,0 +1,168 @@
+"""IDOL criterion vs a torch re-implementation of the official SetCriterion / matcher / select_pos_neg."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from visjax.models.idol import criterion
+
+torch = pytest.importorskip('torch')
+from tests import idol_reference  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def _rect_mask(rng, h, w):
+  m = np.zeros((h, w), np.uint8)
+  y0, x0 = rng.integers(0, h - 6), rng.integers(0, w - 6)
+  m[y0:y0 + rng.integers(4, h - y0), x0:x0 + rng.integers(4, w - x0)] = 1
+  return m
+
+
+def synthetic_batch(rng, b=2, n=4, h=32, w=32, num_classes=3, image_size=(28, 32)):
+  """A `[B, 2, ...]` batch (INTERFACES §1) with assorted instance states."""
+  masks = np.zeros((b, 2, n, h, w), np.uint8)
+  boxes = np.zeros((b, 2, n, 4), np.float32)
+  present = np.zeros((b, 2, n), bool)
+  ih, iw = image_size
+  # slot 0: both frames; 1: key only; 2: reference only (dropped); 3: padding (clip 0) / crowd (clip 1)
+  states = [(True, True), (True, False), (False, True), (True, True)]
+  for bi in range(b):
+    for i, (pk, pr) in enumerate(states):
+      for t, p in enumerate((pk, pr)):
+        if not p:
+          continue
+        m = _rect_mask(rng, ih, iw)
+        masks[bi, t, i, :ih, :iw] = m
+        ys, xs = np.nonzero(m)
+        x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+        boxes[bi, t, i] = [(x0 + x1) / 2 / iw, (y0 + y1) / 2 / ih, (x1 - x0) / iw, (y1 - y0) / ih]
+        present[bi, t, i] = True
+  valid = np.array([[True, True, True, False], [True, True, True, True]])[:b]
+  crowd = np.array([[False, False, False, False], [False, False, False, True]])[:b]
+  masks *= valid[:, None, :, None, None]
+  boxes *= valid[:, None, :, None]
+  present &= valid[:, None, :]
+  labels = np.where(valid, rng.integers(0, num_classes, size=(b, n)), -1).astype(np.int32)
+  return {
+      'image': np.zeros((b, 2, h, w, 3), np.uint8),
+      'image_size': np.tile(np.array(image_size, np.int32), (b, 2, 1)),
+      'boxes': boxes, 'masks': masks, 'present': present, 'labels': labels,
+      'track_ids': np.where(valid, np.arange(n), -1).astype(np.int32), 'instance_valid': valid,
+      'is_crowd': crowd, 'video_id': np.arange(b, dtype=np.int32),
+      'frame_index': np.tile(np.array([0, 3], np.int32), (b, 1)),
+  }
+
+
+def synthetic_outputs(rng, batch, num_layers=2, q=120, c=3, e=16):
+  """Random model outputs with boxes scattered around the gts (so in-box / centre terms vary)."""
+  b = batch['labels'].shape[0]
+  frames = 2 * b
+  h, w = batch['masks'].shape[-2:]
+  gt = batch['boxes'].reshape(frames, -1, 4)
+  pick = rng.integers(0, gt.shape[1], size=(num_layers, frames, q))
+  centre = np.take_along_axis(np.broadcast_to(gt[None], (num_layers,) + gt.shape), pick[..., None], axis=2)
+  centre = np.where(centre[..., 2:3] > 0, centre, rng.uniform(0.2, 0.8, size=centre.shape))
+  boxes = np.concatenate([
+      np.clip(centre[..., :2] + rng.normal(scale=0.08, size=centre[..., :2].shape), 0.02, 0.98),
+      np.clip(centre[..., 2:] * rng.uniform(0.5, 1.5, size=centre[..., 2:].shape), 0.05, 0.9)], -1)
+  return {
+      'pred_logits': rng.normal(scale=1.5, size=(num_layers, frames, q, c)).astype(np.float32),
+      'pred_boxes': boxes.astype(np.float32),
+      'pred_masks': rng.normal(scale=2., size=(num_layers, frames, q, h // 4, w // 4)).astype(np.float32),
+      'pred_embeds': rng.normal(scale=0.3, size=(frames, q, e)).astype(np.float32),
+  }
+
+
+def _jit_loss(loss_config):
+  return jax.jit(lambda o, b, r: criterion.idol_loss(o, b, rng=r, loss_config=loss_config))
+
+
+def _parity_config():
+  cfg = criterion.default_loss_config()
+  cfg.contrast_aux_neg_ratio = 10 ** 6  # keep every negative in the aux loss (the reference has no sampling)
+  return cfg
+
+
+_parity_loss = _jit_loss(_parity_config())  # compiled once for all tests of the same shapes
+_value_and_grad = jax.jit(jax.value_and_grad(
+    lambda o, b, r: criterion.idol_loss(o, b, rng=r), has_aux=True))
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_idol_loss_matches_official_reference(seed):
+  rng = np.random.default_rng(seed)
+  batch = synthetic_batch(rng)
+  outputs = synthetic_outputs(rng, batch)
+  total, terms = _parity_loss(outputs, batch, jax.random.key(0))
+  ref = idol_reference.idol_reference_loss(outputs, batch)
+  assert sorted(terms) == sorted(ref)
+  assert len(terms) == 5 * 2 + 2  # five detection terms per layer + reid + reid_aux
+  for name, value in ref.items():
+    out = float(terms[name])
+    assert abs(out - value) <= 1e-4 * max(abs(value), 1e-3), (name, out, value)
+  np.testing.assert_allclose(float(total), sum(ref.values()), rtol=1e-4)
+  assert float(terms['loss_reid']) > 0 and float(terms['loss_mask']) > 0
+
+
+def test_idol_loss_gradients_and_no_gt():
+  rng = np.random.default_rng(3)
+  batch = synthetic_batch(rng)
+  outputs = synthetic_outputs(rng, batch)
+  _, grads = _value_and_grad(outputs, batch, jax.random.key(1))
+  for name, g in grads.items():
+    assert np.all(np.isfinite(g)), name
+    assert np.any(np.asarray(g) != 0), name
+  # No instance at all: detection terms reduce to the all-negative focal loss, everything else is 0.
+  empty = dict(batch, instance_valid=np.zeros_like(batch['instance_valid']),
+               present=np.zeros_like(batch['present']))
+  (total, terms), _ = _value_and_grad(outputs, empty, jax.random.key(0))
+  assert np.isfinite(float(total))
+  for name, value in terms.items():
+    if name.startswith('loss_ce'):
+      assert float(value) > 0
+    else:
+      assert float(value) == 0., name
+
+
+def test_deep_supervision_off_and_weights():
+  rng = np.random.default_rng(4)
+  batch = synthetic_batch(rng)
+  outputs = synthetic_outputs(rng, batch)
+  _, terms = _parity_loss(outputs, batch, jax.random.key(0))
+  cfg = _parity_config()
+  cfg.deep_supervision = False
+  cfg.dice_weight = 1.
+  _, terms2 = _jit_loss(cfg)(outputs, batch, jax.random.key(0))
+  assert sorted(terms2) == sorted(criterion._WEIGHT_FIELDS)
+  for name in terms2:  # the last layer's terms do not depend on the auxiliary layers
+    scale = 5. if name == 'loss_dice' else 1.
+    np.testing.assert_allclose(float(terms[name]), scale * float(terms2[name]), rtol=1e-5)
+  with pytest.raises(ValueError, match='unknown field'):
+    bad = criterion.default_loss_config()
+    bad.unlisted = 1.
+    criterion.resolve_loss_config(bad)
+
+
+def test_negative_sampling_counts():
+  rng = np.random.default_rng(5)
+  pos = rng.uniform(size=(3, 4, 50)) < 0.05
+  pos[0, 0] = False  # no positive: 10 negatives
+  neg = rng.uniform(size=(3, 4, 50)) < 0.8
+  neg[1, 1, :] = False
+  neg[1, 1, :3] = True  # fewer negatives than wanted
+  sampled = np.asarray(criterion._sample_negatives(jax.random.key(0), jnp.asarray(pos), jnp.asarray(neg), 10))
+  assert not np.any(sampled & ~neg)
+  n_pos, n_neg = pos.sum(-1), neg.sum(-1)
+  want = np.minimum(np.where(n_pos == 0, 10, 10 * n_pos), n_neg)
+  np.testing.assert_array_equal(sampled.sum(-1), want)
+  other = np.asarray(criterion._sample_negatives(jax.random.key(1), jnp.asarray(pos), jnp.asarray(neg), 10))
+  assert np.any(other != sampled), 'different keys sample different negatives'
+
+
+def test_mask_targets():
+  rng = np.random.default_rng(6)
+  m = (rng.uniform(size=(2, 3, 40, 50)) < 0.5).astype(np.uint8)
+  out = np.asarray(criterion.mask_targets(jnp.asarray(m), (10, 13)))
+  padded = np.zeros((2, 3, 64, 64), np.uint8)
+  padded[..., :40, :50] = m
+  np.testing.assert_array_equal(out, padded[..., 2::4, 2::4][..., :10, :13])
