@@ -171,7 +171,8 @@ def test_encode_runs_helper_matches_pycocotools():
     (lambda r: r[4].pop('segmentations'), r"results\[4\] \(video_id=8\): missing key\(s\) \['segmentations'\]"),
     (lambda r: r[1].pop('video_id'), r"results\[1\] \(video_id=None\): missing key\(s\) \['video_id'\]"),
     (lambda r: r[5].update(category_id=7), r"results\[5\] \(video_id=8\): field 'category_id': 7 is not a gt"),
-    (lambda r: r[5].update(category_id=1.0), r"results\[5\] \(video_id=8\): field 'category_id': expected an int"),
+    (lambda r: r[5].update(category_id='1'), r"results\[5\] \(video_id=8\): field 'category_id': expected an int"),
+    (lambda r: r[5].update(category_id=1.5), r"results\[5\] \(video_id=8\): field 'category_id': expected an int"),
     (lambda r: r[3]['segmentations'].__setitem__(1, {'size': [H, W], 'counts': '0'}),
      r"results\[3\] \(video_id=8\): field 'segmentations'\[1\]: RLE size \[9, 11\] differs from the video size "
      r'\[20, 30\]'),
@@ -259,6 +260,7 @@ def test_streaming_writer_validates_with_global_indices(tmp_path):
     with results_lib.VideoResultWriter(tmp_path, gt) as writer:
       writer.write(res[:3])
       writer.write(res[3:])
+  assert not (tmp_path / 'results.zip').exists()
 
 
 def test_oracle_scores_one():

@@ -117,7 +117,7 @@ def _check_record(index: int, record, table: Mapping, category_ids: set | None) 
   except (KeyError, TypeError):
     raise ValueError(f"{where}: field 'video_id': no video with this id in the gt") from None
   category_id = record['category_id']
-  if not isinstance(category_id, numbers.Integral) or isinstance(category_id, bool):
+  if not _is_real(category_id) or not math.isfinite(category_id) or category_id != int(category_id):
     raise ValueError(f"{where}: field 'category_id': expected an int, got {category_id!r}")
   if category_ids is not None and category_id not in category_ids:
     raise ValueError(f"{where}: field 'category_id': {category_id} is not a gt category id")
@@ -197,10 +197,12 @@ def oracle_results(gt) -> list[dict]:
   """The gt as predictions: one record with score 1.0 per non-crowd gt track (official evaluation gives AP 1.0)."""
   gt = load_json(gt)
   table = video_table(gt)
+  category_ids = _category_ids(gt)
   records = []
   for ann in gt.get('annotations', []):
-    if ann.get('iscrowd', 0) or ann['video_id'] not in table:
-      continue
+    if ann.get('iscrowd', 0) or ann['video_id'] not in table or (
+        category_ids is not None and ann['category_id'] not in category_ids):
+      continue  # As the evaluation, which ignores annotations of unlisted videos and categories.
     _, height, width = table[ann['video_id']]
     segmentations = []
     for seg in ann['segmentations']:
@@ -294,8 +296,11 @@ class VideoResultWriter:
   def __enter__(self) -> 'VideoResultWriter':
     return self
 
-  def __exit__(self, *exc) -> None:
-    self.close()
+  def __exit__(self, exc_type, *_) -> None:
+    if exc_type is None:
+      self.close()
+    else:
+      self._file.close()  # Leave the partial results.json for inspection; no zip.
 
 
 def write_results(records: Sequence[Mapping], out_dir: str | os.PathLike, gt_or_videos=None) -> tuple[str, str]:
