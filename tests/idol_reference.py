@@ -222,3 +222,154 @@ def idol_reference_loss(outputs, batch):
                           ref_targets).items():
     losses[k] = v * WEIGHTS[k]
   return {k: float(v) for k, v in losses.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tracker + video-level inference (tracker.py IDOL_Tracker, idol.py IDOL.inference), official style.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _ref_mask_iou(m1, m2):
+  m1, m2 = m1.char(), m2.char()
+  inter = (m1 * m2).sum(-1).sum(-1)
+  union = (m1 + m2 - m1 * m2).sum(-1).sum(-1)
+  return (inter + 1e-6) / (union + 1e-6)
+
+
+def _ref_mask_nms(seg_masks, nms_thr):
+  n = len(seg_masks)
+  keep = [True] * n
+  seg_masks = seg_masks.sigmoid() > 0.5
+  for i in range(n - 1):
+    if not keep[i]:
+      continue
+    for j in range(i + 1, n):
+      if keep[j] and _ref_mask_iou(seg_masks[i], seg_masks[j])[0] > nms_thr:
+        keep[j] = False
+  return keep
+
+
+class ReferenceTracker:
+  """IDOL_Tracker with the arguments idol.py passes (bisoftmax, long_match, frame and temporal weights)."""
+
+  def __init__(self, nms_thr_pre=0.5, addnew_score_thr=0.2, init_score_thr=0.2, memo_tracklet_frames=10,
+               memory_len=3, match_score_thr=0.5, nms_thr_post=0.05):
+    self.nms_thr_pre, self.addnew_score_thr, self.init_score_thr = nms_thr_pre, addnew_score_thr, init_score_thr
+    self.memo_tracklet_frames, self.memory_len = memo_tracklet_frames, memory_len
+    self.match_score_thr, self.nms_thr_post = match_score_thr, nms_thr_post
+    self.num_tracklets = 0
+    self.tracklets = {}
+
+  def memo(self):
+    embeds, ids, exist = [], [], []
+    for k, v in self.tracklets.items():
+      weights = torch.stack(v['long_score'])
+      weights = weights + torch.arange(1, len(weights) + 1, dtype=weights.dtype) / len(weights)
+      embeds.append(((torch.stack(v['long_embed']) * weights.unsqueeze(1)).sum(0) / weights.sum())[None])
+      ids.append(k)
+      exist.append(v['exist_frame'])
+    return torch.cat(embeds), torch.tensor(ids, dtype=torch.long), torch.tensor(exist, dtype=torch.long)
+
+  def update_memo(self, ids, bboxes, embeds, frame_id):
+    for tid, bbox, embed in zip(ids[ids > -1], bboxes[ids > -1], embeds[ids > -1]):
+      tid = int(tid)
+      if tid in self.tracklets:
+        t = self.tracklets[tid]
+        t['long_score'].append(bbox[-1])
+        t['long_embed'].append(embed)
+        t['last_frame'] = frame_id
+        t['exist_frame'] += 1
+      else:
+        self.tracklets[tid] = dict(long_embed=[embed], long_score=[bbox[-1]], last_frame=frame_id, exist_frame=1)
+    invalid = []
+    for k, v in self.tracklets.items():
+      if frame_id - v['last_frame'] >= self.memo_tracklet_frames:
+        invalid.append(k)
+      if len(v['long_embed']) > self.memory_len:
+        v['long_embed'].pop(0)
+      if len(v['long_score']) > self.memory_len:
+        v['long_score'].pop(0)
+    for k in invalid:
+      self.tracklets.pop(k)
+
+  def match(self, bboxes, masks, embeds, frame_id, indices):
+    valids = _ref_mask_nms(masks, self.nms_thr_pre)
+    indices = torch.tensor(indices)[valids].tolist()
+    bboxes, masks, embeds = bboxes[valids, :], masks[valids], embeds[valids, :]
+    ids = torch.full((bboxes.size(0),), -2, dtype=torch.long)
+    if bboxes.size(0) > 0 and self.tracklets:
+      memo_embeds, memo_ids, memo_exist = self.memo()
+      memo_exist = memo_exist.to(memo_embeds)
+      feats = torch.mm(embeds, memo_embeds.t())
+      scores = (feats.softmax(dim=1) + feats.softmax(dim=0)) / 2
+      for i in range(bboxes.size(0)):
+        non_backs = (memo_ids > -1) & (scores[i, :] > 0.5)
+        if (scores[i, non_backs] > 0.5).sum() > 1:
+          weighted = scores.clone()
+          frame_weight = memo_exist[scores[i, :][memo_ids > -1] > 0.5]
+          weighted[i, non_backs] = weighted[i, non_backs] * frame_weight
+          weighted[i, ~non_backs] = weighted[i, ~non_backs] * frame_weight.mean()
+          conf, memo_ind = torch.max(weighted[i, :], dim=0)
+        else:
+          conf, memo_ind = torch.max(scores[i, :], dim=0)
+        tid = memo_ids[memo_ind]
+        if conf > self.match_score_thr and tid > -1:
+          ids[i] = tid
+          scores[:i, memo_ind] = 0
+          scores[i + 1:, memo_ind] = 0
+      thr = self.addnew_score_thr
+    elif self.tracklets:
+      return bboxes, ids, indices
+    else:
+      thr = self.init_score_thr
+    new = (ids == -2) & (bboxes[:, 4] > thr)
+    ids[new] = torch.arange(self.num_tracklets, self.num_tracklets + int(new.sum()), dtype=torch.long)
+    self.num_tracklets += int(new.sum())
+    unselected = torch.nonzero(ids == -2, as_tuple=False).squeeze(1)
+    ious = _ref_mask_iou(masks[unselected].sigmoid() > 0.5, masks.permute(1, 0, 2, 3).sigmoid() > 0.5)
+    for i, ind in enumerate(unselected):
+      if (ious[i, :ind] < self.nms_thr_post).all():
+        ids[ind] = -1
+    self.update_memo(ids, bboxes, embeds, frame_id)
+    return bboxes, ids, indices
+
+
+def reference_video_inference(frames, tracker, multi_cls=True, apply_cls_thres=0.05):
+  """IDOL.inference on recorded per-frame detections.
+
+  `frames`: list of dicts with `indices` (query ids in detection order), `boxes [n, 4]`, `probs [n, C]` (full
+  sigmoid vectors), `masks [n, h, w]` logits, `embeds [n, E]`.
+  Returns (per-frame tracker ids, list of (score, label, [bool present per frame])).
+  """
+  video = {}
+  frame_ids = []
+  for i_frame, f in enumerate(frames):
+    probs = torch.tensor(f['probs'])
+    box_score = probs.max(1)[0]
+    det_bboxes = torch.cat([torch.tensor(f['boxes']), box_score.unsqueeze(1)], dim=1)
+    _, ids, indices = tracker.match(det_bboxes, torch.tensor(f['masks'])[:, None], torch.tensor(f['embeds']),
+                                    i_frame, list(range(len(probs))))
+    frame_ids.append(ids.clone())
+    indices = torch.tensor(indices)[ids > -1].tolist()
+    for k, tid in zip(indices, ids[ids > -1].tolist()):
+      if tid not in video:
+        video[tid] = {'masks': [None] * i_frame, 'scores': [None] * i_frame, 'valid': 0}
+      video[tid]['masks'].append(True)
+      video[tid]['scores'].append(probs[k])
+      video[tid]['valid'] += 1
+    for v in video.values():
+      if len(v['masks']) < i_frame + 1:
+        v['masks'].append(None)
+        v['scores'].append(None)
+    if i_frame > 8:
+      for k in [k for k, v in video.items() if v['masks'][-1] is None and v['masks'][-2] is None and v['valid'] < 3]:
+        video.pop(k)
+  outputs = []
+  for v in video.values():
+    mean = torch.stack([s for s in v['scores'] if s is not None]).mean(0)
+    present = [m is not None for m in v['masks']]
+    if multi_cls:
+      outputs.extend((float(mean[c]), int(c), present) for c in torch.nonzero(mean > apply_cls_thres)[:, 0])
+    else:
+      outputs.append((float(mean.max()), int(mean.argmax()), present))
+  return frame_ids, outputs
