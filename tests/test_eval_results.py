@@ -289,6 +289,18 @@ def test_cli_prints_metrics(tmp_path, capsys):
   assert lines[-1] == f"video AP: {expected['AP']:.4f}"
 
 
+def test_cli_reports_bad_results_without_traceback(tmp_path):
+  rng = np.random.default_rng(10)
+  gt = _gt(rng)
+  res = _results(rng, gt)
+  res[2]['video_id'] = 42
+  gt_path, res_path = tmp_path / 'gt.json', tmp_path / 'res.json'
+  gt_path.write_text(json.dumps(gt))
+  res_path.write_text(json.dumps(res))
+  with pytest.raises(SystemExit, match=r"error: results\[2\] \(video_id=42\): field 'video_id'"):
+    ytvis.main(['--gt', str(gt_path), '--results', str(res_path)])
+
+
 def test_cli_oracle_subprocess_without_tensorflow_or_torch(tmp_path):
   gt_path = tmp_path / 'gt.json'
   gt_path.write_text(json.dumps(_gt(np.random.default_rng(9))))

@@ -338,9 +338,12 @@ def main(argv=None) -> None:
   source.add_argument('--oracle', action='store_true', help='evaluate the gt itself as predictions')
   parser.add_argument('--per-category', action='store_true', help='also print AP per category')
   args = parser.parse_args(argv)
-  gt = results_lib.load_json(args.gt)
-  results = results_lib.oracle_results(gt) if args.oracle else results_lib.load_json(args.results)
-  acc = accumulate(gt, results)
+  try:
+    gt = results_lib.load_json(args.gt)
+    results = results_lib.oracle_results(gt) if args.oracle else results_lib.load_json(args.results)
+    acc = accumulate(gt, results)
+  except (OSError, ValueError) as e:  # json.JSONDecodeError is a ValueError.
+    raise SystemExit(f'error: {e}') from None
   metrics = summarize(acc)
   for name, value in metrics.items():
     print(f'{name}: {value:.4f}')
