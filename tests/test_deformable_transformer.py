@@ -138,6 +138,29 @@ def test_padding_is_ignored(torch_and_jax):
   assert rel_err(mem_b[valid0], mem_a[valid0]) < 1e-4
 
 
+def test_references_after_the_first_layer_are_detached(torch_and_jax):
+  """Gradients flow into the boxes of layer 1 but not into the reference it passes on (detached, as officially)."""
+  _, _, _, model = torch_and_jax
+  rng = np.random.default_rng(3)
+  srcs = [jnp.asarray(rng.normal(size=(1, h, w, D_MODEL)).astype(np.float32)) for h, w in LEVEL_SHAPES]
+  masks = [jnp.asarray(m) for m in _masks([(12, 16)], LEVEL_SHAPES)]
+  pos = [position.sine_position_embedding(m, D_MODEL // 2) for m in masks]
+  query = jnp.asarray(rng.normal(size=(QUERIES, 2 * D_MODEL)).astype(np.float32))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  @jax.jit
+  def grads(params):
+    def f(p, key):
+      out = nnx.merge(graphdef, p, rest)(srcs, masks, pos, query)
+      return jnp.sum(getattr(out, key)[1])
+    return jax.grad(f)(params, 'references'), jax.grad(f)(params, 'boxes')
+
+  g_refs, g_boxes = grads(params)
+  assert all(not np.asarray(g).any() for g in jax.tree.leaves(g_refs))
+  assert np.abs(np.asarray(g_boxes['bbox_embed'][1]['layers'][0]['kernel'][...])).max() > 0
+  assert np.abs(np.asarray(g_boxes['transformer']['reference_points']['kernel'][...])).max() > 0
+
+
 def test_sine_position_embedding_matches_torch():
   torch = pytest.importorskip('torch')
   from torch_refs import idol_ref  # pylint: disable=g-import-not-at-top
