@@ -61,9 +61,13 @@ class _Tracks:
   frame_areas: list = dataclasses.field(default_factory=list)
 
   def add(self, ann_id, category_id, score, crowd, avg_area, rles, frame_areas):
-    for field, value in zip(dataclasses.fields(self), (ann_id, category_id, score, crowd, avg_area, rles,
-                                                       frame_areas)):
-      getattr(self, field.name).append(value)
+    self.ids.append(ann_id)
+    self.categories.append(category_id)
+    self.scores.append(score)
+    self.crowd.append(crowd)
+    self.avg_area.append(avg_area)
+    self.rles.append(rles)
+    self.frame_areas.append(frame_areas)
 
 
 @dataclasses.dataclass
@@ -157,7 +161,7 @@ def _video_ious(dts: _Tracks, d_sel: np.ndarray, gts: _Tracks, num_frames: int) 
       if len(di) == len(d_rles) and len(gi) == len(gts.rles):
         inter += frame_inter
       else:
-        inter[np.ix_(di, gi)] += frame_inter
+        inter[np.array(di)[:, None], gi] += frame_inter
   union = d_areas.sum(1)[:, None] + g_areas.sum(1)[None, :] - inter
   return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
 
