@@ -30,11 +30,11 @@ def _image(n, h, w, seed=0):
 def test_parity_with_torch(layout, depth, hw):
   if layout == 'detectron2':
     ref = resnet_refs.randomize_(resnet_refs.D2ResNet(depth), seed=depth)
-    model = resnet_d2(depth, rngs=nnx.Rngs(0))
+    model = nnx.eval_shape(lambda: resnet_d2(depth, rngs=nnx.Rngs(0)))  # no random init: all filled below
     rules = convert.resnet_d2_rules('', '')
   else:
     ref = resnet_refs.randomize_(resnet_refs.TVResNet(depth), seed=depth)
-    model = resnet_tv(depth, rngs=nnx.Rngs(0))
+    model = nnx.eval_shape(lambda: resnet_tv(depth, rngs=nnx.Rngs(0)))
     rules = convert.resnet_tv_rules('', '')
   report = convert.convert(ref.state_dict(), model, rules)
   assert report.ok and not report.allowed_missing
@@ -51,7 +51,7 @@ def test_parity_with_torch(layout, depth, hw):
 def test_detectron2_builds_only_requested_stages():
   """VISOLO's checkpoints have no res5: out_features up to res4 builds (and expects) no res5."""
   ref = resnet_refs.randomize_(resnet_refs.D2ResNet(50, out_features=('res2', 'res3', 'res4')), seed=1)
-  model = resnet_d2(50, out_features=('res3', 'res4'), rngs=nnx.Rngs(0))
+  model = nnx.eval_shape(lambda: resnet_d2(50, out_features=('res3', 'res4'), rngs=nnx.Rngs(0)))
   assert not hasattr(model, 'res5')
   convert.convert({'backbone.' + k: v for k, v in ref.state_dict().items()}, model,
                   convert.resnet_d2_rules('backbone.', ''))
@@ -64,13 +64,13 @@ def test_detectron2_builds_only_requested_stages():
 
 
 def test_trainable_set_is_exactly_the_params():
-  d2 = resnet_d2(50, freeze_at=2, rngs=nnx.Rngs(0))
+  d2 = nnx.eval_shape(lambda: resnet_d2(50, freeze_at=2, rngs=nnx.Rngs(0)))
   params = {convert.dotted(p) for p, _ in nnx.to_flat_state(nnx.state(d2, nnx.Param))}
   assert params and all(p.split('.')[0] in ('res3', 'res4', 'res5') and p.endswith('.kernel') for p in params)
   frozen = {convert.dotted(p) for p, _ in nnx.to_flat_state(nnx.state(d2, Frozen))}
   assert 'stem.conv1.kernel' in frozen and 'res2.0.conv1.kernel' in frozen and 'res5.2.conv3.norm.weight' in frozen
 
-  tv = resnet_tv(50, frozen_stages=1, rngs=nnx.Rngs(0))
+  tv = nnx.eval_shape(lambda: resnet_tv(50, frozen_stages=1, rngs=nnx.Rngs(0)))
   params = {convert.dotted(p) for p, _ in nnx.to_flat_state(nnx.state(tv, nnx.Param))}
   assert 'layer2.0.bn1.weight' in params and 'layer2.0.downsample.0.kernel' in params
   assert not any(p.startswith(('conv1', 'bn1', 'layer1')) for p in params)
@@ -92,8 +92,13 @@ def test_frozen_stages_receive_no_update(build, frozen_prefixes, trained_prefixe
   def loss_fn(m):
     return sum(jnp.mean(jnp.square(v)) for v in m(x).values())
 
-  grads = nnx.grad(loss_fn)(model)
-  optimizer.update(model, grads)
+  # Differentiate w.r.t. Param and Frozen in one pass: the optimiser gets the Params; the Frozen gradients of
+  # the frozen stages must be exactly zero (stop_gradient at the last frozen stage).
+  grads = nnx.grad(loss_fn, argnums=nnx.DiffState(0, (nnx.Param, Frozen)))(model)
+  for path, g in nnx.to_flat_state(nnx.filter_state(grads, Frozen)):
+    if convert.dotted(path).startswith(frozen_prefixes):
+      assert not np.any(np.asarray(g.get_value())), convert.dotted(path)
+  optimizer.update(model, nnx.filter_state(grads, nnx.Param))
   after = {convert.dotted(p): np.array(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))}
   for path, value in before.items():
     changed = not np.array_equal(value, after[path])
@@ -101,12 +106,6 @@ def test_frozen_stages_receive_no_update(build, frozen_prefixes, trained_prefixe
       assert not changed, f'frozen {path} was updated'
     elif path.startswith(trained_prefixes) and path.endswith(('kernel', 'bn1.weight')):
       assert changed, f'trainable {path} was not updated'
-
-  # stop_gradient at the last frozen stage: even differentiating w.r.t. Frozen variables gives zero there.
-  frozen_grads = nnx.grad(loss_fn, argnums=nnx.DiffState(0, Frozen))(model)
-  for path, g in nnx.to_flat_state(frozen_grads):
-    if convert.dotted(path).startswith(frozen_prefixes):
-      assert not np.any(np.asarray(g.get_value())), convert.dotted(path)
 
 
 def test_bad_arguments_raise():

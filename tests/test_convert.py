@@ -213,3 +213,17 @@ def test_orbax_round_trip(tmp_path, sd):
   for k in a:
     np.testing.assert_array_equal(a[k], b[k])
   assert isinstance(fresh.stem.conv1.kernel, Frozen)  # variable types survive the round trip
+
+
+def test_abstract_model_is_filled_without_random_init(sd):
+  abstract = nnx.eval_shape(lambda: resnet_d2(18, rngs=nnx.Rngs(0)))
+  report = convert.convert(sd, abstract, convert.resnet_d2_rules('', ''))
+  assert report.ok
+  concrete = resnet_d2(18, rngs=nnx.Rngs(1))
+  convert.convert(sd, concrete, convert.resnet_d2_rules('', ''))
+  x = jnp.asarray(np.random.RandomState(0).randn(1, 32, 32, 3).astype(np.float32))
+  np.testing.assert_array_equal(abstract(x)['res5'], concrete(x)['res5'])
+  partial = {k: v for k, v in sd.items() if not k.startswith('res5.1.')}
+  with pytest.raises(convert.ConversionError, match=r'res5\.1\.conv1\.kernel.*abstract'):
+    convert.convert(partial, nnx.eval_shape(lambda: resnet_d2(18, rngs=nnx.Rngs(0))),
+                    convert.resnet_d2_rules('', ''), allow_missing=[r'res5\.1\..*'])

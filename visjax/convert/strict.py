@@ -7,6 +7,11 @@ by one: `ConversionError` lists every missing NNX path, every unexpected torch k
 target is not in the model), every shape mismatch (torch key, NNX path, shapes) and every failed check, so one
 run shows the whole diff between a checkpoint and a model.
 
+The model may be abstract (`nnx.eval_shape(lambda: build(...))`): conversion then skips the random init
+entirely (the fast path for large models); every variable must be filled, since an allowed missing or
+mis-shaped variable would be left without a value (reported as an error). RNG state is not part of a
+checkpoint: reseed an abstract model's streams before training (`nnx.reseed(model, dropout=seed)`).
+
 NNX paths are written dotted: `res2.0.conv1.norm.weight` is the path `('res2', 0, 'conv1', 'norm', 'weight')`.
 """
 
@@ -19,6 +24,7 @@ import re
 from typing import Any, NamedTuple
 
 from flax import nnx
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -124,8 +130,8 @@ def convert(state_dict: Mapping[str, Any] | str | os.PathLike, model: nnx.Module
   Args:
     state_dict: `{key: array or torch.Tensor}` (wrappers `model` / `state_dict` and a `module.` prefix are
       unwrapped), or a checkpoint path (.pth / .npz / .safetensors, see `torch_ckpt.load_state_dict`).
-    model: an `nnx.Module` (updated in place; RNG state is neither filled nor required) or an `nnx.State`
-      (its variables are updated in place).
+    model: an `nnx.Module` (updated in place; RNG state is neither filled nor required), possibly abstract
+      (built under `nnx.eval_shape`, see module docstring), or an `nnx.State` (updated in place).
     rules: the `RuleTable` mapping torch keys to dotted NNX paths.
     allow_missing: regexes (`re.fullmatch` on the dotted NNX path) of variables that may stay at their init.
     allow_unexpected: regexes (on the torch key) of keys that may be left unused.
@@ -206,6 +212,10 @@ def convert(state_dict: Mapping[str, Any] | str | os.PathLike, model: nnx.Module
     if path not in writer:
       issue = Issue(None, path, f'not filled by any checkpoint key (shape {tuple(var.get_value().shape)})')
       (report.allowed_missing if _allowed(allow_miss, path) else report.missing).append(issue)
+  for issue in report.allowed_missing + report.allowed_mismatched:
+    if isinstance(variables[issue.nnx_path].get_value(), jax.ShapeDtypeStruct):
+      report.errors.append(Issue(issue.torch_key, issue.nnx_path, 'the model is abstract (nnx.eval_shape), so '
+                                 'this allowed variable would have no value; build the model concretely'))
 
   if not report.ok:
     raise ConversionError(report)
