@@ -232,6 +232,18 @@ def test_evaluate_rejects_malformed_results(mutate, message):
     ytvis.evaluate(gt, res)
 
 
+@pytest.mark.parametrize('frame, make_bad', [
+    (1, lambda seg: seg.update(counts=seg['counts'][:-1] + 'P')),
+    (0, lambda seg: seg.update(counts=[3, 4])),  # Uncompressed runs covering 7 of 120 pixels.
+])
+def test_corrupt_gt_rle_is_an_error_not_a_hang(frame, make_bad):
+  gt = _gt({1: (2, H, W)}, [(1, 1, [A, A], 0), (1, 1, [B, B], 0)])
+  make_bad(gt['annotations'][1]['segmentations'][frame])
+  with pytest.raises(ValueError, match=rf"gt annotations\[1\] \(id=2, video_id=1\): field 'segmentations'"
+                                       rf"\[{frame}\]: corrupt RLE"):
+    ytvis.evaluate(gt, [_pred(1, 1, 0.9, [A, A])])
+
+
 def test_gt_without_annotations_is_an_error():
   gt = _gt({1: (1, H, W)}, [])
   del gt['annotations']

@@ -83,11 +83,11 @@ def _mark_valid(chars: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, num
 
 def _concatenate(counts: Sequence[str | bytes]) -> tuple[bytes, np.ndarray, np.ndarray]:
   """(all strings as one ASCII byte string, [N] lengths, [N] usable): non-ASCII / non-string entries are unusable."""
-  if set(map(type, counts)) <= {str}:
-    joined = ''.join(counts)
-    if joined.isascii():
-      lengths = np.fromiter(map(len, counts), np.int64, len(counts))
-      return joined.encode('ascii'), lengths, np.ones(len(counts), bool)
+  types = set(map(type, counts))
+  joined = ''.join(counts) if types <= {str} else b''.join(counts) if types <= {bytes} else None
+  if joined is not None and joined.isascii():  # The common case: all str, or all bytes (pycocotools output).
+    lengths = np.fromiter(map(len, counts), np.int64, len(counts))
+    return joined.encode('ascii') if isinstance(joined, str) else joined, lengths, np.ones(len(counts), bool)
   encoded = [c.encode('ascii') if isinstance(c, str) and c.isascii() else c if isinstance(c, bytes) else b''
              for c in counts]
   usable = np.array([isinstance(c, bytes) or (isinstance(c, str) and c.isascii()) for c in counts], bool)

@@ -30,6 +30,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from visjax.evaluation import results as results_lib
+from visjax.evaluation import rle as rle_lib
 
 METRICS = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AR1', 'AR10', 'AR100', 'ARs', 'ARm', 'ARl')
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)  # Same values as the official np.linspace(.5, .95, 10).
@@ -103,6 +104,7 @@ def _load_gt(gt: Mapping, table: Mapping) -> tuple[dict, list, list]:
   category_ids = sorted(names)
   seen = set()
   tracks = {}
+  checks = []
   for i, ann in enumerate(gt['annotations']):
     where = f'gt annotations[{i}] (id={ann.get("id")!r}, video_id={ann.get("video_id")!r})'
     missing = [k for k in ('id', 'video_id', 'category_id', 'segmentations', 'areas', 'iscrowd') if k not in ann]
@@ -124,9 +126,16 @@ def _load_gt(gt: Mapping, table: Mapping) -> tuple[dict, list, list]:
                          f'size {[height, width]}')
     if ann['id'] == 0:
       warnings.warn(f'{where}: annotation id 0; the official evaluation counts matches to it as misses')
-    tracks.setdefault(ann['video_id'], _Tracks()).add(
-        ann['id'], ann['category_id'], 0.0, bool(ann['iscrowd']), _mean_nonzero(ann['areas']), rles,
-        _frame_areas(rles))
+    checks.extend((where, t, rle['counts'], height * width) for t, rle in enumerate(rles) if rle is not None)
+    tracks.setdefault(ann['video_id'], _Tracks()).add(ann['id'], ann['category_id'], 0.0, bool(ann['iscrowd']),
+                                                      _mean_nonzero(ann['areas']), rles, None)
+  if checks:  # Corrupt RLEs would make pycocotools loop forever (see rle.py).
+    valid = rle_lib.compressed_rle_valid([c[2] for c in checks], [c[3] for c in checks])
+    if not valid.all():
+      where, t, _, _ = checks[int(np.argmin(valid))]
+      raise ValueError(f"{where}: field 'segmentations'[{t}]: corrupt RLE (its runs do not cover the frame)")
+  for video_tracks in tracks.values():
+    video_tracks.frame_areas = [_frame_areas(rles) for rles in video_tracks.rles]
   return tracks, category_ids, [names[c] for c in category_ids]
 
 
