@@ -110,7 +110,9 @@ def _decode_ok(counts, num_pixels):
   return min(runs) >= 0 and sum(runs) == num_pixels
 
 
-def test_compressed_rle_valid_matches_a_python_decoder_on_corrupted_batches():
+@pytest.mark.parametrize('chunk_chars', [7, 1000, 1 << 17])
+def test_compressed_rle_valid_matches_a_python_decoder_on_corrupted_batches(chunk_chars, monkeypatch):
+  monkeypatch.setattr(rle_lib, '_CHUNK_CHARS', chunk_chars)
   rng = np.random.default_rng(11)
   alphabet = [chr(c) for c in range(40, 120)]
   counts, pixels = [], []
