@@ -172,7 +172,7 @@ def augment_clip(images, masks, seed, recipe: Recipe, canvas: tuple[int, int]):
 
   Args:
     images: uint8 `[T, H, W, 3]` frames of one video (T static).
-    masks: uint8 `[T, N, H, W]` 0/1 instance masks.
+    masks: uint8 `[T, N, H, W]` 0/1 instance masks (N may be dynamic).
     seed: int `[2]` stateless seed of the clip.
     recipe: the method's `Recipe`.
     canvas: static (Hc, Wc); every augmented frame is scaled down if needed so that it fits.

@@ -5,9 +5,10 @@ Training (`make_train_iterator(config, process_index=, process_count=)` or `Trai
   per-process records ─ per-epoch shuffle (seed, epoch) ─ skip to the saved position ─ parse ─ sample clip
   (samplers) ─ select instances ─ decode frames + masks ─ augment (augment) ─ boxes from masks ─ batch ─ size bucket
 
-- Per-process sharding: when the number of shards is a multiple of `process_count`, process p reads shards
-  p, p + P, ...; otherwise it reads every shard and keeps the records whose global index (shard order, then record
-  order) is p mod P. Either way the processes' records are disjoint and cover the dataset.
+- Per-process sharding: when the number of shards is a multiple of `process_count` (and every process gets a
+  record), process p reads shards p, p + P, ...; otherwise it reads every shard and keeps the records whose global
+  index (shard order, then record order) is p mod P. Either way the processes' records are disjoint and cover the
+  dataset.
 - An epoch is one pass over the process's records. Epoch e shuffles the shard order and a `shuffle_buffer`-record
   window with seeds derived from (seed, process, e); the clip of the record at position i of epoch e is sampled and
   augmented with stateless ops keyed on (seed, process, e, i). The stream of batches is therefore a pure function
@@ -59,7 +60,9 @@ def plan_process_shard(manifest: tfrecord.Manifest, process_index: int, process_
   if process_count < 1 or not 0 <= process_index < process_count:
     raise ValueError(f'need 0 <= process_index < process_count, got {process_index}, {process_count}')
   shards = manifest.shards
-  if len(shards) % process_count == 0:
+  by_file = len(shards) % process_count == 0 and all(
+      sum(s.num_records for s in shards[p::process_count]) > 0 for p in range(process_count))
+  if by_file:
     mine = shards[process_index::process_count]
     plan = ProcessShard(tuple(s.path for s in mine), False, process_index, process_count,
                         sum(s.num_records for s in mine))
@@ -126,13 +129,16 @@ def derive_buckets(min_sizes: Sequence[int], max_size: int, size_divisibility: i
 
 
 def masks_to_boxes(masks, sizes):
-  """Normalised cxcywh boxes of uint8 masks `[T, N, H, W]` (detectron2 BitMasks bounds: max index + 1).
+  """Boxes and visibility of uint8 masks `[T, N, H, W]`.
 
-  `sizes` int32 `[T, 2]` are the content (h, w) of each frame; empty masks give 0.
+  Returns normalised cxcywh boxes `[T, N, 4]` with detectron2 BitMasks bounds (last index + 1), divided by the
+  frame's content size (`sizes` int32 `[T, 2]` as (h, w)), 0 for empty masks; and `visible` bool `[T, N]`.
   """
   tf = tfrecord.import_tf()
-  rows = tf.reduce_any(masks > 0, axis=3)  # [T, N, H]
-  cols = tf.reduce_any(masks > 0, axis=2)  # [T, N, W]
+  positive = masks > 0
+  rows = tf.reduce_any(positive, axis=3)  # [T, N, H]
+  cols = tf.reduce_any(positive, axis=2)  # [T, N, W]
+  visible = tf.reduce_any(rows, axis=-1)
 
   def bounds(line):
     n = tf.shape(line)[-1]
@@ -145,7 +151,7 @@ def masks_to_boxes(masks, sizes):
   h = tf.cast(sizes[:, 0:1], tf.float32)
   w = tf.cast(sizes[:, 1:2], tf.float32)
   boxes = tf.stack([(x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h], axis=-1)
-  return tf.where(tf.reduce_any(rows, axis=-1)[..., None], boxes, 0.)
+  return tf.where(visible[..., None], boxes, 0.), visible
 
 
 class ClipBuilder:
@@ -175,30 +181,40 @@ class ClipBuilder:
     num_selected = tf.size(candidates)
     slot_used = tf.range(n) < num_selected
     index = tf.pad(candidates, [[0, n - num_selected]])  # [N], 0 in unused slots (masked below)
-    pngs = tf.gather(tf.gather(v['mask_png'], frames), index, axis=1)
-    pngs = tf.where(slot_used[None], pngs, '')
+    # Only the selected instances (at least one slot, so shapes stay defined) are decoded and augmented.
+    num_decoded = tf.maximum(num_selected, 1)
+    pngs = tf.gather(tf.gather(v['mask_png'], frames), index[:num_decoded], axis=1)
+    pngs = tf.where(slot_used[None, :num_decoded], pngs, '')
     clip_len = self.sampler.clip_len
     masks = tfrecord.decode_masks(pngs, v['height'], v['width'], *who)
-    masks = tf.ensure_shape(masks, [clip_len, n, None, None])
+    masks = tf.ensure_shape(masks, [clip_len, None, None, None])
     images = tf.map_fn(lambda f: tfrecord.decode_frame(v['encoded'][f], v['height'], v['width'], *who), frames,
                        fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
     images = tf.ensure_shape(images, [clip_len, None, None, 3])
     images, masks, sizes = augment.augment_clip(images, masks, samplers.fold(seed, 2), self.recipe, self.canvas)
-    visible = tf.reduce_any(masks > 0, axis=[2, 3]) & slot_used[None]  # [T, N]
+    boxes, visible = masks_to_boxes(masks, sizes)  # [T, n, 4], [T, n] over the decoded slots only
+    visible &= slot_used[None, :num_decoded]
     valid = tf.reduce_any(visible, axis=0)
     order = tf.argsort(tf.cast(~valid, tf.int32), stable=True)  # Valid slots first, json order kept.
-    masks, visible, valid, index = (tf.gather(masks, order, axis=1), tf.gather(visible, order, axis=1),
-                                    tf.gather(valid, order), tf.gather(index, order))
-    masks = masks * tf.cast(valid, tf.uint8)[None, :, None, None]
+    # A slot that is not valid has no mask pixel in any frame, so reordering leaves all-zero masks behind.
+    masks, boxes, visible, valid, index = (
+        tf.gather(masks, order, axis=1), tf.gather(boxes, order, axis=1), tf.gather(visible, order, axis=1),
+        tf.gather(valid, order), tf.gather(index[:num_decoded], order))
+    pad = n - num_decoded
+    masks = tf.ensure_shape(tf.pad(masks, [[0, 0], [0, pad], [0, 0], [0, 0]]), [clip_len, n, *self.canvas])
+    boxes = tf.pad(boxes, [[0, 0], [0, pad], [0, 0]])
+    visible = tf.pad(visible, [[0, 0], [0, pad]])
+    valid = tf.pad(valid, [[0, pad]])
+    index = tf.pad(index, [[0, pad]])
     return {
         'image': images,
         'image_size': sizes,
-        'boxes': masks_to_boxes(masks, sizes),
+        'boxes': tf.ensure_shape(boxes, [clip_len, n, 4]),
         'masks': masks,
-        'present': visible,
+        'present': tf.ensure_shape(visible, [clip_len, n]),
         'labels': tf.where(valid, tf.gather(v['label'], index), -1),
         'track_ids': tf.where(valid, tf.gather(v['track_id'], index), -1),
-        'instance_valid': valid,
+        'instance_valid': tf.ensure_shape(valid, [n]),
         'is_crowd': valid & tf.gather(v['iscrowd'], index),
         'video_id': v['video_id'],
         'frame_index': frames,
@@ -354,7 +370,9 @@ def _eval_settings(source, min_size, max_size, size_divisibility):
   if isinstance(source, str):
     return source, min_size or 480, max_size or 1333, size_divisibility or 32
   inp = source.input
-  root = source.dataset.get('eval_tfrecords', '') or source.dataset.tfrecords
+  root = source.dataset.get('eval_tfrecords', '')
+  if not root:
+    raise ValueError('config.dataset.eval_tfrecords is empty: convert the eval split with data_pipeline.convert')
   return (root, min_size or inp.min_size_test, max_size or inp.max_size_test,
           size_divisibility or inp.size_divisibility)
 
@@ -381,8 +399,8 @@ def eval_video_chunks(source, *, chunk_len: int = 0, process_index: int = 0, pro
   """Yields eval videos in chunks of at most `chunk_len` frames (0 = whole video), decoding only that chunk.
 
   Args:
-    source: a config (`config.dataset.eval_tfrecords`, falling back to `.tfrecords`; `config.input.min_size_test`,
-      `max_size_test`, `size_divisibility`) or the path of a converted directory.
+    source: a config (`config.dataset.eval_tfrecords`; `config.input.min_size_test`, `max_size_test`,
+      `size_divisibility`) or the path of a converted directory.
     chunk_len: frames per chunk; 0 yields each video as one chunk.
     process_index, process_count: this process's share of the videos (as for training).
     min_size, max_size, size_divisibility: override the test resize.

@@ -54,6 +54,7 @@ def import_tf():
   global _TF
   if _TF is None:
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+    os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')  # Also silences the oneDNN banner TF prints at import.
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     try:
       tf.config.set_visible_devices([], 'GPU')

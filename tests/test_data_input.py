@@ -267,6 +267,14 @@ def test_make_train_iterator_from_config(data):
   assert batch['image'].shape[2:4] == (96, 96)
   with pytest.raises(ValueError, match='not divisible'):
     input_lib.make_train_iterator(config, process_index=0, process_count=3)
+  with pytest.raises(ValueError, match='eval_tfrecords'):
+    next(input_lib.eval_videos(config))
+  config.dataset.eval_tfrecords = data['tfr'][3]
+  config.input.min_size_test = 40
+  config.input.max_size_test = 64
+  video = next(input_lib.eval_videos(config, process_index=1, process_count=2))
+  assert video['frames'].shape[1:3] == (-(-video['image_size'][0] // 32) * 32, -(-video['image_size'][1] // 32) * 32)
+  assert min(video['image_size']) == 40 or max(video['image_size']) == 64
   config.dataset.tfrecords = os.path.dirname(data['tfr'][4])  # No manifest there.
   with pytest.raises(tfrecord.RecordFormatError, match='not a finished conversion'):
     input_lib.make_train_iterator(config)
