@@ -48,10 +48,29 @@ def test_parity_with_torch(layout, depth, hw):
     assert err <= TOL, f'{layout} R{depth} {name}: rel err {err:.2e}'
 
 
+def test_torchvision_weights_into_detectron2_layout():
+  """torchvision-layout (e.g. ImageNet) weights initialise a detectron2 model: same function, BN -> FrozenBN."""
+  ref = resnet_refs.randomize_(resnet_refs.TVResNet(50), seed=5)
+  model = nnx.eval_shape(lambda: resnet_d2(50, rngs=nnx.Rngs(0)))
+  sd = dict(ref.state_dict(), **{'fc.weight': torch.zeros(10, 2048), 'fc.bias': torch.zeros(10)})
+  report = convert.convert(sd, model, convert.resnet_tv_to_d2_rules('', ''))
+  assert len(report.dropped) == 53 + 2  # num_batches_tracked of every BN, and the classifier
+  x = _image(1, 64, 64)
+  expected = parity.run_torch(ref, x)
+  out = model(jnp.asarray(x))
+  for name, want in expected.items():
+    assert parity.rel_err(out[name], want) <= TOL, name
+
+
 def test_detectron2_builds_only_requested_stages():
-  """VISOLO's checkpoints have no res5: out_features up to res4 builds (and expects) no res5."""
-  ref = resnet_refs.randomize_(resnet_refs.D2ResNet(50, out_features=('res2', 'res3', 'res4')), seed=1)
-  model = nnx.eval_shape(lambda: resnet_d2(50, out_features=('res3', 'res4'), rngs=nnx.Rngs(0)))
+  """VISOLO's checkpoints have no res5: out_features up to res4 builds (and expects) no res5.
+
+  Also runs the MSRA variant (STRIDE_IN_1X1=True: the stride sits in the first 1x1 conv).
+  """
+  ref = resnet_refs.randomize_(
+      resnet_refs.D2ResNet(50, out_features=('res2', 'res3', 'res4'), stride_in_1x1=True), seed=1)
+  model = nnx.eval_shape(
+      lambda: resnet_d2(50, out_features=('res3', 'res4'), stride_in_1x1=True, rngs=nnx.Rngs(0)))
   assert not hasattr(model, 'res5')
   convert.convert({'backbone.' + k: v for k, v in ref.state_dict().items()}, model,
                   convert.resnet_d2_rules('backbone.', ''))

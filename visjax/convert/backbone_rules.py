@@ -41,6 +41,30 @@ def resnet_tv_rules(torch_prefix: str = 'backbone.', nnx_prefix: str = '') -> Ru
   ])
 
 
+def resnet_tv_to_d2_rules(torch_prefix: str = '', nnx_prefix: str = '') -> RuleTable:
+  """torchvision-layout weights (e.g. torchvision's ImageNet ResNets) into a detectron2-layout model.
+
+  `conv1`/`bn1` -> `stem.conv1`(`.norm`), `layer{k}` -> `res{k+1}`, `bn{j}` -> `conv{j}.norm` (BatchNorm
+  statistics become FrozenBN buffers), `downsample.{0,1}` -> `shortcut`(`.norm`); `fc.*` and
+  `num_batches_tracked` are dropped. The networks compute the same function (eval-mode BN == FrozenBN).
+  """
+  t, n = prefixed(torch_prefix, nnx_prefix)
+  rules = [
+      Rule(rf'{t}conv1\.weight', rf'{n}stem.conv1.kernel', conv_kernel),
+      Rule(rf'{t}bn1\.{_BN}', rf'{n}stem.conv1.norm.\g<1>'),
+  ]
+  for k in range(1, 5):
+    src, dst = rf'{t}layer{k}\.(\d+)\.', rf'{n}res{k + 1}.\g<1>.'
+    rules += [
+        Rule(rf'{src}conv(\d)\.weight', rf'{dst}conv\g<2>.kernel', conv_kernel),
+        Rule(rf'{src}bn(\d)\.{_BN}', rf'{dst}conv\g<2>.norm.\g<3>'),
+        Rule(rf'{src}downsample\.0\.weight', rf'{dst}shortcut.kernel', conv_kernel),
+        Rule(rf'{src}downsample\.1\.{_BN}', rf'{dst}shortcut.norm.\g<2>'),
+    ]
+  rules += [drop(rf'{t}.*num_batches_tracked'), drop(rf'{t}fc\.(weight|bias)')]
+  return RuleTable(rules)
+
+
 def swin_rules(torch_prefix: str = 'backbone.', nnx_prefix: str = '', *, window_size: int) -> RuleTable:
   """Mask2Former `D2SwinTransformer`. LayerNorm `weight` -> `scale`; Linear weights transposed.
 

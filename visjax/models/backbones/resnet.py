@@ -7,9 +7,10 @@ by name (see `visjax.convert.backbone_rules`):
   `conv1`/`conv2`/`conv3` each carrying its own `.norm` (FrozenBN, eps 1e-5), and `shortcut` (+ `.norm`) on the
   first block of a stage. NNX state paths look like `('res2', 0, 'conv1', 'norm', 'weight')`.
   Stages after the last requested output are not built (detectron2 does the same, so e.g. VISOLO has no res5).
+  torchvision-layout weights (ImageNet) load into this layout with `visjax.convert.resnet_tv_to_d2_rules`.
 * `layout='torchvision'` (IAI via mmdet `ResNet(style='pytorch', norm_eval=True)`): `conv1`, `bn1`, stages
   `layer1`..`layer4`, blocks with `conv{i}` + `bn{i}` (eval-mode BatchNorm) and `downsample.0`/`downsample.1`.
-  All four stages are always built.
+  All four stages are always built (they are in every checkpoint); stages after the last output are not run.
 
 Conv weights are `kernel` in HWIO (`[kh, kw, in, out]`). Both layouts put the stride in the 3x3 conv unless
 `stride_in_1x1=True` (detectron2 `STRIDE_IN_1X1`, mmdet `style='caffe'`).
@@ -232,7 +233,8 @@ class ResNet(nnx.Module):
     if self.freeze_at == 1:
       x = jax.lax.stop_gradient(x)
     outputs = {}
-    for i, name in enumerate(self.stage_names):
+    last = STAGE_NAMES.index(self.out_features[-1])
+    for i, name in enumerate(self.stage_names[:last + 1]):
       for block in getattr(self, name):
         x = block(x)
       if self.freeze_at == i + 2:
