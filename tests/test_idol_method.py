@@ -1,0 +1,132 @@
+"""IDOL method glue: loss_fn on a tiny model (finite, decreases under optax on one batch), predict_video records."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from pycocotools import mask as mask_utils
+
+from configs import idol_tiny
+from visjax.evaluation import results as results_lib
+from visjax.models import registry
+from visjax.models.idol import method
+
+pytest.importorskip('torch')  # the batch fixture lives next to the torch criterion reference
+from tests.test_idol_criterion import synthetic_batch  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def _tiny_config():
+  c = idol_tiny.get_config()
+  m = c.model
+  m.enc_layers = 1
+  m.dec_layers = 2
+  m.num_queries = 20
+  m.d_model = 32
+  m.nheads = 2
+  m.dim_feedforward = 64
+  m.mask_dim = 1
+  m.reid_dim = 16
+  m.dropout = 0.
+  c.dataset.category_ids = (3, 5, 7)
+  m.num_classes = 3
+  c.dataset.num_classes = 3
+  return c
+
+
+def _painted_batch(seed=0):
+  """synthetic_batch with images showing the instances (class-coloured rectangles on noise)."""
+  rng = np.random.default_rng(seed)
+  batch = synthetic_batch(rng, b=1, h=64, w=64, image_size=(60, 64))
+  image = rng.integers(0, 60, size=batch['image'].shape, dtype=np.uint8)
+  colours = np.array([[230, 40, 40], [40, 230, 40], [40, 40, 230]], np.uint8)
+  for t in range(2):
+    for i in range(batch['labels'].shape[1]):
+      if batch['present'][0, t, i]:
+        image[0, t][batch['masks'][0, t, i] > 0] = colours[batch['labels'][0, i]]
+  batch['image'] = image
+  return batch
+
+
+def test_registry_and_conversion_rules():
+  m = registry.get_method('idol')
+  assert m.loss_fn is method.loss_fn and m.predict_video is method.predict_video
+  rules = method.conversion_rules(_tiny_config())
+  assert len(rules) > 0
+
+
+@pytest.fixture(scope='module')
+def tiny_model():
+  return method.build_model(_tiny_config(), rngs=nnx.Rngs(0))
+
+
+def test_loss_fn_finite_and_decreases(tiny_model):
+  config = _tiny_config()
+  model = tiny_model
+  assert model.loss_config.dice_weight == config.loss.dice_weight
+  batch = jax.tree.map(jnp.asarray, _painted_batch())
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  tx = optax.adam(1e-3)
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, opt_state, rng):
+    def loss(p):
+      total, terms = method.loss_fn(nnx.merge(graphdef, p, rest), batch, rng=rng, train=True)
+      return total, terms
+    (total, terms), grads = jax.value_and_grad(loss, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, total, terms
+
+  history = []
+  for i in range(6):
+    params, opt_state, total, terms = step(params, opt_state, jax.random.key(i))
+    assert np.isfinite(float(total)), terms
+    history.append(float(total))
+  assert {'loss_ce', 'loss_bbox', 'loss_giou', 'loss_mask', 'loss_dice', 'loss_reid', 'loss_reid_aux',
+          'loss_ce_0', 'loss_dice_0'} <= set(terms)
+  np.testing.assert_allclose(float(total), sum(float(v) for v in terms.values()), rtol=1e-5)
+  assert history[-1] < 0.8 * history[0], history
+
+
+def test_loss_fn_rejects_non_pair_clips(tiny_model):
+  batch = _painted_batch()
+  batch['image'] = batch['image'][:, :1]
+  with pytest.raises(ValueError, match=r'\[B, 2, H, W, 3\]'):
+    method.loss_fn(tiny_model, batch, rng=jax.random.key(0))
+
+
+def test_predict_video_records(tiny_model):
+  config = _tiny_config()
+  # Random weights score ~0.01: open the thresholds so tracks are born and reported.
+  config.tracker.select_thres = 0.
+  config.tracker.init_score_thr = 0.
+  config.tracker.addnew_score_thr = 0.
+  config.tracker.apply_cls_thres = 0.
+  config.tracker.batch_infer_len = 2
+  model = tiny_model
+  rng = np.random.default_rng(0)
+  num_frames, orig = 5, (45, 48)
+  frames = np.zeros((num_frames, 64, 64, 3), np.uint8)
+  frames[:, :60, :64] = rng.integers(0, 255, size=(num_frames, 60, 64, 3))
+  video = {'video_id': 7, 'length': num_frames, 'orig_size': orig, 'image_size': (60, 64), 'frames': frames}
+  records = method.predict_video(model, video, config)
+  assert records, 'open thresholds must produce tracks'
+  gt = {'videos': [{'id': 7, 'length': num_frames, 'height': orig[0], 'width': orig[1]}],
+        'categories': [{'id': i} for i in (3, 5, 7)]}
+  results_lib.validate_results(records, gt)
+  for r in records:
+    assert r['video_id'] == 7 and r['category_id'] in (3, 5, 7) and 0. <= r['score'] <= 1.
+    assert len(r['segmentations']) == num_frames
+    for seg in r['segmentations']:
+      if seg is not None:
+        assert seg['size'] == list(orig)
+        assert mask_utils.decode(seg).shape == orig
+  # Chunking does not change the result (the last chunk is zero-padded).
+  config.tracker.batch_infer_len = 10
+  again = method.predict_video(model, video, config)
+  assert len(again) == len(records)
+  for a, r in zip(again, records):
+    assert a['segmentations'] == r['segmentations'] and a['category_id'] == r['category_id']
+    assert abs(a['score'] - r['score']) < 1e-5

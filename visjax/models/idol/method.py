@@ -1,0 +1,164 @@
+"""IDOL method interface (docs/INTERFACES.md §3): build_model, loss_fn, predict_video, conversion_rules.
+
+* `loss_fn` flattens the `[B, 2, ...]` clips (key, reference) into `2B` frames, runs one forward pass and the
+  criterion (`criterion.idol_loss`); the loss settings (`config.loss`) travel with the model built by
+  `build_model` (attribute `loss_config`).
+* `predict_video` runs the detector over the video in chunks of `config.tracker.batch_infer_len` frames (jitted,
+  the last chunk zero-padded so one shape is compiled), then per frame on the host: query selection and box NMS,
+  the IDOL tracker, output masks (bilinear to the padded size, sigmoid, crop, nearest to the original size,
+  > 0.5) encoded to RLE as soon as each frame is tracked, and the video-level scores (`tracker.py`).
+"""
+
+from typing import Any
+import weakref
+
+from absl import logging
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from visjax.evaluation import results as results_lib
+from visjax.models.idol import criterion
+from visjax.models.idol import model as idol_model
+from visjax.models.idol import tracker as tracker_lib
+
+
+def build_model(config: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> idol_model.IDOL:
+  """The IDOL model of `config.model`, carrying `config.loss` (official defaults for missing fields)."""
+  model = idol_model.IDOL.from_config(config, rngs=rngs)
+  model.loss_config = criterion.resolve_loss_config(config.get('loss'))
+  return model
+
+
+def loss_fn(model: nnx.Module, batch: dict[str, Any], *, rng: jax.Array,
+            train: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """IDOL loss of a batch of `[B, 2, ...]` clips (docs/INTERFACES.md §1); jittable.
+
+  Returns:
+    `(total, terms)`: the weighted total and every weighted term (`loss_ce`, ..., `loss_ce_0`, ...).
+  """
+  images = batch['image']
+  if images.ndim != 5 or images.shape[1] != 2:
+    raise ValueError(f'IDOL loss_fn: batch["image"] must be [B, 2, H, W, 3] (key, reference), got {images.shape}.')
+  b, t = images.shape[:2]
+  frames = images.reshape((b * t,) + images.shape[2:])
+  sizes = batch['image_size'].reshape(b * t, 2)
+  dropout_rng, sample_rng = jax.random.split(rng)
+  outputs = model(frames, sizes, train=train, rng=dropout_rng)
+  return criterion.idol_loss(outputs, batch, rng=sample_rng, loss_config=getattr(model, 'loss_config', None))
+
+
+# Jitted forward per model object (its graphdef holds a ConfigDict, so it cannot key an lru_cache).
+_FORWARD_CACHE: 'weakref.WeakKeyDictionary[nnx.Module, Any]' = weakref.WeakKeyDictionary()
+
+
+def _forward_fn(model: nnx.Module):
+  """`(forward, state)`: jitted `(state, images, sizes) -> last-layer (logits, boxes, embeds, mask logits)`."""
+  graphdef, state = nnx.split(model)
+  cached = _FORWARD_CACHE.get(model)
+  if cached is None or cached[0] != graphdef:
+
+    def forward(state, images, sizes):
+      out = nnx.merge(graphdef, state)(images, sizes, train=False)
+      return out['pred_logits'][-1], out['pred_boxes'][-1], out['pred_embeds'], out['pred_masks'][-1]
+
+    cached = _FORWARD_CACHE[model] = (graphdef, jax.jit(forward))
+  return cached[1], state
+
+
+@jax.jit
+def _take_masks(masks: jax.Array, frame: jax.Array, idx: jax.Array) -> jax.Array:
+  """`masks [n, Q, h, w]` -> `[K, h, w]` of frame `frame`, queries `idx [K]`."""
+  return masks[frame][idx]
+
+
+def _bucket(n: int) -> int:
+  """Index-list length padded to a power of two (≥ 8), so the mask gather compiles for few shapes."""
+  return max(8, 1 << (max(n, 1) - 1).bit_length())
+
+
+def _tracker_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config.tracker` over the official defaults (`configs/idol_common.py`)."""
+  tcfg = ml_collections.ConfigDict(dict(
+      select_thres=0.1, box_nms_thr=0.9, batch_infer_len=int(config.get('eval', {}).get('batch_infer_len', 10)),
+      multi_cls=True, apply_cls_thres=0.05, temporal_score_type='mean', mask_threshold=0.5, filter_min_frames=8,
+      filter_last_frames=2, filter_min_seen=3))
+  tcfg.update(dict(config.get('tracker', ml_collections.ConfigDict()).items()))
+  if tcfg.temporal_score_type != 'mean':
+    raise ValueError(f'config.tracker.temporal_score_type={tcfg.temporal_score_type!r}: only "mean" (IDOL\'s '
+                     'setting) is implemented.')
+  return tcfg
+
+
+def _category_table(config: ml_collections.ConfigDict, num_classes: int) -> np.ndarray:
+  """Contiguous class index → json category_id (`config.dataset.category_ids`; 1-based if unset)."""
+  ids = tuple(config.dataset.get('category_ids', ()))
+  if not ids:
+    logging.warning('config.dataset.category_ids is empty: reporting category_id = class index + 1.')
+    return np.arange(1, num_classes + 1)
+  if len(ids) != num_classes:
+    raise ValueError(f'config.dataset.category_ids has {len(ids)} entries but the model predicts {num_classes} '
+                     'classes.')
+  return np.asarray(ids)
+
+
+def predict_video(model: nnx.Module, video: dict[str, Any], config: ml_collections.ConfigDict) -> list[dict]:
+  """IDOL online inference on one video (docs/INTERFACES.md §2 input) → CodaLab result records.
+
+  Returns:
+    `[{'video_id', 'score', 'category_id', 'segmentations': [RLE | None per frame]}]`, one per (track, class)
+    with mean score > `apply_cls_thres` (`config.tracker.multi_cls`), or one per track otherwise.
+  """
+  for key in ('video_id', 'frames', 'image_size', 'orig_size'):
+    if key not in video:
+      raise KeyError(f'IDOL predict_video: video dict lacks {key!r} (see docs/INTERFACES.md §2).')
+  tcfg = _tracker_config(config)
+  frames = np.asarray(video['frames'])
+  if frames.ndim != 4 or frames.shape[-1] != 3:
+    raise ValueError(f'IDOL predict_video: video["frames"] must be [T, H, W, 3], got {frames.shape}.')
+  num_frames = len(frames)
+  image_size = tuple(int(s) for s in video['image_size'])
+  orig_size = tuple(int(s) for s in video['orig_size'])
+  chunk = max(1, int(tcfg.batch_infer_len))
+
+  forward, state = _forward_fn(model)
+  tracker = tracker_lib.IDOLTracker.from_config(tcfg)
+  tracks = tracker_lib.VideoTracks(num_frames, filter_min_frames=tcfg.filter_min_frames,
+                                   filter_last_frames=tcfg.filter_last_frames, filter_min_seen=tcfg.filter_min_seen)
+  mask_stride = int(model.config.get('mask_out_stride', 4))
+  num_classes = None
+  for start in range(0, num_frames, chunk):
+    images = frames[start:start + chunk]
+    n = len(images)
+    images = np.concatenate([images, np.zeros((chunk - n,) + images.shape[1:], images.dtype)])
+    sizes = np.tile(np.asarray(image_size, np.int32), (chunk, 1))
+    logits, boxes, embeds, masks = forward(state, jnp.asarray(images), jnp.asarray(sizes))
+    probs = tracker_lib.sigmoid(np.asarray(logits[:n]))
+    boxes, embeds = np.asarray(boxes[:n]), np.asarray(embeds[:n])
+    num_classes = probs.shape[-1]
+    for f in range(n):
+      frame_id = start + f
+      idx = tracker_lib.select_detections(probs[f], boxes[f], tcfg.select_thres, tcfg.box_nms_thr)
+      padded = np.zeros(_bucket(len(idx)), np.int32)
+      padded[:len(idx)] = idx
+      mask_logits = np.asarray(_take_masks(masks, f, jnp.asarray(padded)))[:len(idx)]
+      det_probs = probs[f][idx]
+      keep, ids = tracker.match(det_probs.max(1), det_probs.argmax(1), tracker_lib.sigmoid(mask_logits) > 0.5,
+                                embeds[f][idx], frame_id)
+      out = ids >= 0
+      final = tracker_lib.final_masks(mask_logits[keep][out], image_size, orig_size, stride=mask_stride,
+                                      threshold=tcfg.mask_threshold)
+      tracks.add_frame(frame_id, ids[out], det_probs[keep][out], lambda k: results_lib.encode_mask(final[k]))
+
+  category_ids = _category_table(config, num_classes or model.config.num_classes)
+  return [{'video_id': video['video_id'], 'score': score, 'category_id': int(category_ids[label]),
+           'segmentations': segs}
+          for score, label, segs in tracks.results(multi_cls=tcfg.multi_cls, apply_cls_thres=tcfg.apply_cls_thres)]
+
+
+def conversion_rules(config: ml_collections.ConfigDict):
+  """Official IDOL checkpoint keys → NNX state paths (`visjax.convert.rules_idol`)."""
+  from visjax.convert import rules_idol  # pylint: disable=g-import-not-at-top
+  return rules_idol.idol_rules(num_decoder_layers=config.model.dec_layers)
