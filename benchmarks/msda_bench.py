@@ -13,9 +13,10 @@ Implementations:
            source into a temporary directory (`--dd_source=<checkout>/models/ops/src`, or a shallow git clone of
            fundamentalvision/Deformable-DETR); needs a GPU, torch with CUDA and nvcc. Never committed.
 
-Every timing is the median of `--repeats` runs after one warm-up (compile) run. `floor` is the bytes-moved lower
+Every timing is the median of `--repeats` runs after one warm-up (compile) run; on a CPU backend the table shows
+`wall (process CPU time)` in ms, since wall time on a shared machine mostly measures the other jobs. `floor` is the bytes-moved lower
 bound (read the inputs once, write the outputs once) divided by a copy bandwidth measured on the same device at
-start-up; it ignores that gathers re-read value rows.
+start-up (best of 5); it ignores that gathers re-read value rows.
 """
 
 import argparse
@@ -48,14 +49,21 @@ SHAPES = {
 }
 
 
-def median_ms(fn, repeats: int) -> float:
+def median_ms(fn, repeats: int) -> tuple[float, float]:
+  """Median wall-clock and process-CPU milliseconds of `fn()` over `repeats` runs after one warm-up run."""
   fn()  # warm-up / compile
-  times = []
+  wall, cpu = [], []
   for _ in range(repeats):
-    start = time.perf_counter()
+    start_wall, start_cpu = time.perf_counter(), time.process_time()
     fn()
-    times.append(time.perf_counter() - start)
-  return float(np.median(times)) * 1e3
+    wall.append(time.perf_counter() - start_wall)
+    cpu.append(time.process_time() - start_cpu)
+  return float(np.median(wall)) * 1e3, float(np.median(cpu)) * 1e3
+
+
+def fmt(times: tuple[float, float], with_cpu: bool) -> str:
+  """`wall` or, on a CPU backend, `wall (cpu)`: CPU time is the steadier number on a shared machine."""
+  return f'{times[0]:.1f} ({times[1]:.0f})' if with_cpu else f'{times[0]:.2f}'
 
 
 def make_inputs(shape_name: str, batch: int, seed: int = 0):
@@ -81,11 +89,16 @@ def bytes_floor(value, loc, weights, cot, itemsize: int = 4) -> tuple[int, int]:
 
 
 def copy_bandwidth_gbs() -> float:
-  """Device copy bandwidth (read + write) of a 256 MiB float32 array, in GB/s."""
+  """Device copy bandwidth (read + write) of a 256 MiB float32 array, in GB/s (best of 5)."""
   x = jnp.ones((64 * 1024 * 1024,), jnp.float32)
   copy = jax.jit(lambda a: a * 1.0000001)
-  ms = median_ms(lambda: copy(x).block_until_ready(), 5)
-  return 2 * x.nbytes / (ms * 1e-3) / 1e9
+  copy(x).block_until_ready()
+  times = []
+  for _ in range(5):
+    start = time.perf_counter()
+    copy(x).block_until_ready()
+    times.append(time.perf_counter() - start)
+  return 2 * x.nbytes / min(times) / 1e9  # best of 5: the least disturbed run
 
 
 def time_jax(implementation, spatial_shapes, value, loc, weights, cot, repeats):
@@ -212,6 +225,7 @@ def main():
         f'repeats {args.repeats}, copy bandwidth {bandwidth:.1f} GB/s')
   for s in skipped:
     print(f'# skipped: {s}')
+  with_cpu = backend == 'cpu'
   print('| shape | S | Q | impl | fwd ms | fwd+bwd ms | floor fwd ms | floor fwd+bwd ms |')
   print('|---|---|---|---|---|---|---|---|')
   with stack:
@@ -227,7 +241,8 @@ def main():
           fwd, fwd_bwd = time_cuda_dd(dd_module, spatial_shapes, value, loc, weights, cot, args.repeats)
         else:
           raise ValueError(f'unknown implementation {impl!r}')
-        print(f'| {name} | {value.shape[1]} | {loc.shape[1]} | {impl} | {fwd:.2f} | {fwd_bwd:.2f} | '
+        print(f'| {name} | {value.shape[1]} | {loc.shape[1]} | {impl} | {fmt(fwd, with_cpu)} | '
+              f'{fmt(fwd_bwd, with_cpu)} | '
               f'{floor[0]:.3f} | {floor[1]:.3f} |', flush=True)
 
 

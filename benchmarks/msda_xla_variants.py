@@ -2,8 +2,8 @@
 
 Usage: JAX_PLATFORMS=cpu python benchmarks/msda_xla_variants.py [--shape=idol_enc_320x576] [--batch=1]
 Prints forward and forward+backward medians per formulation (results: benchmarks/RESULTS.md `## MSDA`).
-All variants share the index/weight computation of xla.py and differ only in how the samples are fetched and
-reduced; each is checked against the shipped formulation before it is timed.
+The two shipped formulations (`formulation='packed'` / `'four_corner'` of xla.ms_deform_attn_xla) and the
+alternatives that lost; each is checked against the shipped code before it is timed.
 """
 
 import argparse
@@ -20,50 +20,32 @@ from pallas_kernels.msda import common  # pylint: disable=g-import-not-at-top,wr
 from pallas_kernels.msda import xla  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
-def _rows(b, t, m, cell):
-  return ((jnp.arange(b)[:, None, None, None, None] * t + cell) * m + jnp.arange(m)[None, None, :, None, None])
+def _packed_inputs(value, spatial_shapes, loc, aw):
+  cell, w = xla.cell_indices_and_weights(spatial_shapes, loc, aw)
+  return xla.packed_corner_table(value, spatial_shapes), cell, w
 
 
 def _packed_gather(table, cell):
   b, t, m, d4 = table.shape
   _, q, _, num_levels, p = cell.shape
-  g = jnp.take(table.reshape(-1, d4), _rows(b, t, m, cell), axis=0, mode='clip')
+  rows = (jnp.arange(b)[:, None, None, None, None] * t + cell) * m + jnp.arange(m)[None, None, :, None, None]
+  g = jnp.take(table.reshape(-1, d4), rows, axis=0, mode='clip')
   return g.reshape(b, q, m, num_levels * p * 4, d4 // 4)
 
 
-def packed_einsum(table, cell, w):
-  """Shipped: one packed gather, then a batched dot over the L*P*4 corner weights."""
-  return xla._gather_reduce(table, cell, w)
-
-
-def packed_mul_sum(table, cell, w):
-  """One packed gather, multiply and reduce over the (non-minor) corner axis."""
+@jax.checkpoint
+def _mul_sum(table, cell, w):
   g = _packed_gather(table, cell)
   return jnp.sum(g * w.reshape(*g.shape[:-1], 1), axis=3)
 
 
-def packed_two_step(table, cell, w):
-  """One packed gather, reduce the 4 corners first, then the L*P samples."""
-  g = _packed_gather(table, cell)
-  b, q, m, k, d = g.shape
-  g = g.reshape(b, q, m, k // 4, 4, d)
-  return jnp.sum(jnp.sum(g * w.reshape(b, q, m, k // 4, 4, 1), axis=4), axis=3)
+def packed_mul_sum(value, spatial_shapes, loc, aw):
+  """Packed gather, then multiply and reduce over the (non-minor) corner axis instead of a batched dot."""
+  return _mul_sum(*_packed_inputs(value, spatial_shapes, loc, aw))
 
 
-def packed_sample_loop(table, cell, w):
-  """Unrolled loop over the L*P samples: one small gather + accumulate each (never holds all samples)."""
-  b, t, m, d4 = table.shape
-  rows = _rows(b, t, m, cell).reshape(*cell.shape[:3], -1)
-  w = w.reshape(*cell.shape[:3], -1, 4)
-  acc = 0.0
-  for k in range(rows.shape[-1]):
-    g = jnp.take(table.reshape(-1, d4), rows[..., k], axis=0, mode='clip').reshape(*rows.shape[:3], 4, d4 // 4)
-    acc = acc + jnp.einsum('bqmcd,bqmc->bqmd', g, w[..., k, :])
-  return acc
-
-
-def per_map_vmap(table, cell, w):
-  """scenic-style: vmap over (batch, head) of a gather from that head's own table."""
+@jax.checkpoint
+def _per_map(table, cell, w):
   b, t, m, d4 = table.shape
   _, q, _, num_levels, p = cell.shape
   per = table.transpose(0, 2, 1, 3).reshape(b * m, t, d4)
@@ -77,25 +59,30 @@ def per_map_vmap(table, cell, w):
   return jax.vmap(one)(per, cells, ws).reshape(b, m, q, d4 // 4).transpose(0, 2, 1, 3)
 
 
-VARIANTS = {f.__name__: f for f in (packed_einsum, packed_mul_sum, packed_two_step, packed_sample_loop,
-                                    per_map_vmap)}
+def packed_per_map_vmap(value, spatial_shapes, loc, aw):
+  """scenic-style: vmap over (batch, head) of a gather from that head's own packed table."""
+  return _per_map(*_packed_inputs(value, spatial_shapes, loc, aw))
 
 
-def unpacked_four_gathers(value, spatial_shapes, loc, aw):
-  """No packed table: four row gathers of D channels from `value` itself (one per corner)."""
-  b, s, m, d = value.shape
-  p = loc.shape[4]
-  level_w, level_h, level_start = (jnp.asarray(x, jnp.int32) for x in common.per_sample_levels(spatial_shapes, p))
-  px, py = common.pixel_coordinates(spatial_shapes, loc)
-  a = aw.reshape(px.shape)
-  flat = value.reshape(b * s * m, d)
-  bi = jnp.arange(b)[:, None, None, None]
-  mi = jnp.arange(m)[None, None, :, None]
+def window_gather_per_level(value, spatial_shapes, loc, aw):
+  """No packing: per level, one gather of a (2, 2, D) window of the zero-padded map around each sample."""
+  b, _, m, d = value.shape
   out = 0.0
-  for pos, valid, wx, wy, _, _ in common.bilinear_corners(px, py, level_w, level_h):
-    g = jnp.take(flat, (bi * s + level_start + pos) * m + mi, axis=0, mode='clip')
-    out = out + jnp.einsum('bqmkd,bqmk->bqmd', g, jnp.where(valid, wx * wy * a, 0.0))
-  return out.reshape(b, -1, m * d)
+  for lvl, ((h, w), start) in enumerate(zip(spatial_shapes, common.level_starts(spatial_shapes))):
+    v = value[:, start:start + h * w].reshape(b, h, w, m, d).transpose(0, 3, 1, 2, 4).reshape(b * m, h, w, d)
+    v = jnp.pad(v, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    px, py = common.pixel_coordinates(((h, w),), loc[:, :, :, lvl:lvl + 1])
+    corners = common.bilinear_corners(px, py, w, h)
+    x0 = jnp.clip(jnp.floor(jnp.clip(px, -2.0, w)), -1, w - 1).astype(jnp.int32) + 1
+    y0 = jnp.clip(jnp.floor(jnp.clip(py, -2.0, h)), -1, h - 1).astype(jnp.int32) + 1
+    bm = jnp.broadcast_to(jnp.arange(b)[:, None, None, None] * m + jnp.arange(m)[None, None, :, None], x0.shape)
+    dims = jax.lax.GatherDimensionNumbers(offset_dims=(4, 5, 6), collapsed_slice_dims=(0,),
+                                          start_index_map=(0, 1, 2))
+    g = jax.lax.gather(v, jnp.stack([bm, y0, x0], -1), dims, slice_sizes=(1, 2, 2, d), mode='clip')
+    a = aw[:, :, :, lvl]
+    wgt = jnp.stack([jnp.where(valid, wx * wy * a, 0.0) for _, valid, wx, wy, _, _ in corners], -1)
+    out = out + jnp.einsum('bqmpcd,bqmpc->bqmd', g.reshape(*g.shape[:4], 4, d), wgt)
+  return out
 
 
 def main():
@@ -108,17 +95,16 @@ def main():
   args_j = tuple(jnp.asarray(x) for x in (value, loc, weights))
   b, q, m = loc.shape[:3]
 
-  def full(core):
-    def f(v, l, a):
-      cell, w = xla.cell_indices_and_weights(spatial_shapes, l, a)
-      return jax.checkpoint(core)(xla.packed_corner_table(v, spatial_shapes), cell, w).reshape(b, q, -1)
-    return f
-
-  impls = {name: full(core) for name, core in VARIANTS.items()}
-  impls['unpacked_four_gathers'] = lambda v, l, a: unpacked_four_gathers(v, spatial_shapes, l, a)
-  reference = np.asarray(jax.jit(impls['packed_einsum'])(*args_j))
+  impls = {
+      'shipped_packed': lambda v, l, a: xla.ms_deform_attn_xla(v, spatial_shapes, l, a, formulation='packed'),
+      'shipped_four_corner': lambda v, l, a: xla.ms_deform_attn_xla(v, spatial_shapes, l, a,
+                                                                    formulation='four_corner'),
+  }
+  for f in (packed_mul_sum, packed_per_map_vmap, window_gather_per_level):
+    impls[f.__name__] = lambda v, l, a, f=f: f(v, spatial_shapes, l, a).reshape(b, q, -1)
+  reference = np.asarray(jax.jit(impls['shipped_four_corner'])(*args_j))
   print(f'# {jax.devices()[0].device_kind}, {args.shape}, batch {args.batch}, repeats {args.repeats}')
-  print('| formulation | fwd ms | fwd+bwd ms |')
+  print('| formulation | fwd ms wall (cpu) | fwd+bwd ms wall (cpu) |')
   print('|---|---|---|')
   for name, f in impls.items():
     fwd = jax.jit(f)
@@ -127,7 +113,7 @@ def main():
     grad = jax.jit(jax.grad(lambda v, l, a, f=f: jnp.sum(f(v, l, a) * cot), argnums=(0, 1, 2)))
     t_fwd = msda_bench.median_ms(lambda: fwd(*args_j).block_until_ready(), args.repeats)
     t_bwd = msda_bench.median_ms(lambda: jax.block_until_ready(grad(*args_j)), args.repeats)
-    print(f'| {name} | {t_fwd:.1f} | {t_bwd:.1f} |', flush=True)
+    print(f'| {name} | {msda_bench.fmt(t_fwd, True)} | {msda_bench.fmt(t_bwd, True)} |', flush=True)
 
 
 if __name__ == '__main__':

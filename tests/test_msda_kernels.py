@@ -10,6 +10,7 @@ from msda_reference import msda_numpy
 from msda_reference import torch_core
 from pallas_kernels import msda
 from pallas_kernels.msda import triton_gpu
+from pallas_kernels.msda import xla
 
 
 def rel_err(x, ref):
@@ -54,29 +55,42 @@ def test_oracle_hand_computed():
   np.testing.assert_allclose(msda_numpy(value, ((2, 3),), loc, np.ones((1, 1, 1, 1, 1))).ravel(), [2.0])
 
 
+@pytest.mark.parametrize('formulation', ['packed', 'four_corner'])
 @pytest.mark.parametrize('case', range(len(CASES)))
-def test_xla_matches_numpy_oracle(case):
+def test_xla_matches_numpy_oracle(case, formulation):
   spatial_shapes, *dims = CASES[case]
   value, loc, aw = make_inputs(np.random.default_rng(case), spatial_shapes, *dims)
-  out = msda.ms_deform_attn(value, spatial_shapes, loc, aw, implementation='xla')
+  out = msda.ms_deform_attn_xla(value, spatial_shapes, loc, aw, formulation=formulation)
   assert out.shape == (dims[0], dims[1], dims[2] * dims[3]) and out.dtype == jnp.float32
   assert rel_err(out, msda_numpy(value, spatial_shapes, loc, aw)) < 1e-6
 
 
-def test_xla_far_outside_and_nonfinite_locations_give_zero():
+def test_xla_formulation_choice():
+  encoder = (((40, 72), (20, 36), (10, 18), (5, 9)), 3825, 4)  # Q = S
+  decoder = (((80, 144), (40, 72), (20, 36), (10, 18)), 300, 4)
+  assert xla.use_packed_table(*encoder, backend='tpu')
+  assert not xla.use_packed_table(*encoder, backend='cpu')
+  assert not xla.use_packed_table(*decoder, backend='tpu')
+  value, loc, aw = make_inputs(np.random.default_rng(0), ((3, 4),), 1, 2, 1, 2, 1)
+  with pytest.raises(ValueError, match='formulation must be one of'):
+    msda.ms_deform_attn_xla(value, ((3, 4),), loc, aw, formulation='dense')
+
+
+@pytest.mark.parametrize('formulation', ['packed', 'four_corner'])
+def test_xla_far_outside_and_nonfinite_locations_give_zero(formulation):
   spatial_shapes = ((3, 4), (2, 2))
   value, loc, aw = make_inputs(np.random.default_rng(0), spatial_shapes, 1, 4, 2, 3, 2)
   loc[:, 0] = 1e9
   loc[:, 1] = -1e9
   loc[:, 2] = np.inf
   loc[:, 3] = 1.0 + 1.0 / 3.0  # pixel x = W + 0.5 on level 0 (at least one pixel outside every level)
-  out = np.asarray(msda.ms_deform_attn(value, spatial_shapes, loc, aw, implementation='xla'))
+  out = np.asarray(msda.ms_deform_attn_xla(value, spatial_shapes, loc, aw, formulation=formulation))
   np.testing.assert_array_equal(out[:, :3], 0.0)
   np.testing.assert_allclose(out, msda_numpy(value, spatial_shapes, np.nan_to_num(loc, posinf=1e9), aw), atol=1e-6)
 
 
-@pytest.mark.parametrize('case', [0, 2, 4])
-def test_xla_matches_torch_grid_sample(case):
+@pytest.mark.parametrize('case, formulation', [(0, 'packed'), (2, 'four_corner'), (4, 'packed'), (4, 'four_corner')])
+def test_xla_matches_torch_grid_sample(case, formulation):
   torch = pytest.importorskip('torch')
   spatial_shapes, *dims = CASES[case]
   value, loc, aw = make_inputs(np.random.default_rng(10 + case), spatial_shapes, *dims, dtype=np.float64)
@@ -85,7 +99,7 @@ def test_xla_matches_torch_grid_sample(case):
   cot = np.random.default_rng(1).standard_normal(ref.shape)
   (ref * torch.tensor(cot)).sum().backward()
   with jax.enable_x64(True):
-    f = lambda v, l, a: msda.ms_deform_attn(v, spatial_shapes, l, a, implementation='xla')
+    f = lambda v, l, a: msda.ms_deform_attn_xla(v, spatial_shapes, l, a, formulation=formulation)
     out, vjp = jax.vjp(f, *(jnp.asarray(x) for x in (value, loc, aw)))
     grads = vjp(jnp.asarray(cot))
   assert rel_err(out, ref.detach().numpy()) < 1e-12
@@ -109,20 +123,21 @@ def _off_grid_inputs(seed, spatial_shapes, b, q, m, d, p):
   return value, (pix + 0.5) / wh, aw
 
 
-@pytest.mark.parametrize('case', [0, 3])
-def test_xla_check_grads_float64(case):
+@pytest.mark.parametrize('case, formulation', [(0, 'packed'), (0, 'four_corner'), (3, 'packed'), (3, 'four_corner')])
+def test_xla_check_grads_float64(case, formulation):
   spatial_shapes, *dims = CASES[case]
   value, loc, aw = _off_grid_inputs(20 + case, spatial_shapes, *dims)
   with jax.enable_x64(True):
-    f = lambda v, l, a: msda.ms_deform_attn(v, spatial_shapes, l, a, implementation='xla')
+    f = lambda v, l, a: msda.ms_deform_attn_xla(v, spatial_shapes, l, a, formulation=formulation)
     jtu.check_grads(f, (jnp.asarray(value), jnp.asarray(loc), jnp.asarray(aw)), order=1, modes=('fwd', 'rev'),
                     eps=1e-5, atol=1e-6, rtol=1e-6)
 
 
-def test_xla_bfloat16_inputs():
+@pytest.mark.parametrize('formulation', ['packed', 'four_corner'])
+def test_xla_bfloat16_inputs(formulation):
   spatial_shapes, *dims = CASES[4]
   value, loc, aw = (jnp.asarray(x, jnp.bfloat16) for x in make_inputs(np.random.default_rng(3), spatial_shapes, *dims))
-  out = msda.ms_deform_attn(value, spatial_shapes, loc, aw, implementation='xla')
+  out = msda.ms_deform_attn_xla(value, spatial_shapes, loc, aw, formulation=formulation)
   assert out.dtype == jnp.bfloat16
   # The oracle sees the same bf16-rounded inputs, so only the bf16 output rounding (2^-9 relative) remains.
   ref = msda_numpy(np.asarray(value, np.float64), spatial_shapes, np.asarray(loc, np.float64),

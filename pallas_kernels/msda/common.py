@@ -92,7 +92,7 @@ def bilinear_corners(px, py, w, h):
   Returns a list of `(pos, valid, wx, wy, sx, sy)`: flat in-map position (clipped), in-map flag, the x and y
   bilinear factors, and the signs of d(factor)/d(px) and d(factor)/d(py).
   """
-  wf, hf = (jnp.asarray(w).astype(jnp.float32), jnp.asarray(h).astype(jnp.float32))
+  wf, hf = (jnp.asarray(w).astype(px.dtype), jnp.asarray(h).astype(px.dtype))
   px = jnp.clip(px, -2.0, wf)  # Keeps floor() and the int cast finite; clipped samples are all-outside anyway.
   py = jnp.clip(py, -2.0, hf)
   x0f, y0f = jnp.floor(px), jnp.floor(py)
@@ -118,9 +118,10 @@ def per_sample_levels(spatial_shapes: SpatialShapes, points: int) -> tuple[tuple
           tuple(st for st in starts for _ in range(points)))
 
 
-def pixel_coordinates(spatial_shapes: SpatialShapes, sampling_locations: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """float32 pixel coordinates `(px, py)`, each `[B, Q, M, K]`: `loc * (W_l, H_l) - 0.5` (grid_sample's unnormalise)."""
+def pixel_coordinates(spatial_shapes: SpatialShapes, sampling_locations: jax.Array,
+                      dtype=jnp.float32) -> tuple[jax.Array, jax.Array]:
+  """Pixel coordinates `(px, py)`, each `[B, Q, M, K]` in `dtype`: `loc * (W_l, H_l) - 0.5` (grid_sample's)."""
   b, q, m, num_levels, p, _ = sampling_locations.shape
   wh_f, _ = level_constants(spatial_shapes)
-  pix = sampling_locations.astype(jnp.float32) * jnp.asarray(wh_f)[:, None, :] - 0.5
+  pix = sampling_locations.astype(dtype) * jnp.asarray(wh_f, dtype)[:, None, :] - 0.5
   return pix[..., 0].reshape(b, q, m, num_levels * p), pix[..., 1].reshape(b, q, m, num_levels * p)

@@ -3,19 +3,24 @@
 Bilinear sampling is exactly `torch.nn.functional.grid_sample(mode='bilinear', padding_mode='zeros',
 align_corners=False)` per level: pixel = loc * W_l - 0.5, and corners outside the map contribute 0.
 
-Formulation (picked by measurement, see benchmarks/RESULTS.md `## MSDA`):
-  * Every level of `value` is zero-padded by one pixel and its four bilinear corners are packed next to each other
-    on the channel axis, giving one table `[B, T, M, 4*D]` over all levels, `T = sum_l (H_l + 1) * (W_l + 1)`
-    (as scenic does). A sample then needs a single row gather of `4*D` channels at the cell of its top-left
-    corner; a sample whose cell lies outside the padded map gets weight 0 (all its corners are outside).
-  * All levels are handled by one gather with static per-level constants (no per-level Python work per call
-    beyond building the table), and the corner/attention weights are folded into one `[..., L*P*4]` weight, so
-    the output is one batched dot `[.., L*P*4] x [.., L*P*4, D]` after a single gather.
-  * The gather + reduce is wrapped in `jax.checkpoint`, so reverse mode stores only the table, the indices and the
-    weights (never the `[B, Q, M, L*P, 4*D]` gathered tensor) and recomputes the gather in the backward pass.
-    The value gradient is XLA's scatter-add transpose of the gather, deterministic on CPU and TPU. (On GPU, XLA
-    scatter-add is deterministic only with `--xla_gpu_deterministic_ops=true`; the Pallas path has its own
-    deterministic option.)
+Formulations (compared on CPU by benchmarks/msda_xla_variants.py, numbers in benchmarks/RESULTS.md `## MSDA`):
+  * packed (scenic's): every level of `value` is zero-padded by one pixel and the four bilinear corners of each
+    cell are packed next to each other on the channel axis, one table `[B, T, M, 4*D]` over all levels,
+    `T = sum_l (H_l + 1) * (W_l + 1)`. A sample then needs one row gather of `4*D` channels (on TPU this puts
+    128 channels on the lanes); samples whose cell is outside the padded map get weight 0.
+  * four-corner: no table; each sample gathers its 4 corner rows of `D` channels from `value` directly.
+  Both end in a single gather of all levels' samples (static per-level constants, no per-level work per call)
+  and one batched dot with the folded attention x bilinear weights `[.., L*P*4]`, accumulating in float32.
+  The packed table costs O(S) to build and only pays off when samples outnumber value tokens. On CPU it never
+  paid off (benchmarks/msda_xla_variants.py: four-corner as fast or up to 10% faster on the IDOL encoder
+  shape, Q = S, and 7x faster on the decoder shape, Q = 300, S = 15300), so four-corner is the default.
+  Packed is chosen on TPU for dense sampling (`Q * L * P >= 4 * S`), following scenic's TPU finding; that
+  choice is not measured here.
+
+Reverse mode: the gather + dot is wrapped in `jax.checkpoint`, so only the table (or value), the row indices and
+the weights are saved, never the `[B, Q, M, L*P*4, D]` gathered tensor; the gather is recomputed in the backward
+pass. The value gradient is XLA's scatter-add transpose of the gather, deterministic on CPU and TPU (on GPU only
+with `--xla_gpu_deterministic_ops=true`; the Pallas GPU path has its own `deterministic` option).
 """
 
 import functools
@@ -85,35 +90,69 @@ def cell_indices_and_weights(spatial_shapes: common.SpatialShapes, sampling_loca
   return cell, weights
 
 
-@functools.partial(jax.checkpoint, prevent_cse=False)
-def _gather_reduce(table: jax.Array, cell: jax.Array, weights: jax.Array) -> jax.Array:
-  """`out[b, q, m] = sum_{l, p, c} weights[b, q, m, l, p, c] * table[b, cell[b, q, m, l, p], m, c]`.
+@jax.checkpoint
+def _gather_weighted_sum(table: jax.Array, rows: jax.Array, weights: jax.Array) -> jax.Array:
+  """`out[b, q, m] = sum_j weights[b, q, m, j] * corner_j`, the corners read by one row gather.
 
   Args:
-    table: `[B, T, M, 4 * D]`.
-    cell: `[B, Q, M, L, P]` int32.
-    weights: `[B, Q, M, L, P, 4]`, the accumulation dtype (float32, or float64 under x64).
+    table: `[N, C]` rows of `C = c * D` channels (`c` corners packed per row: 4 or 1).
+    rows: `[B, Q, M, R]` int32 rows of `table`.
+    weights: `[B, Q, M, J]` with `J = R * c`, in the accumulation dtype.
 
   Returns:
     `[B, Q, M, D]` in `weights.dtype`.
   """
-  b, t, m, d4 = table.shape
-  _, q, _, num_levels, p = cell.shape
-  # One flat row index so XLA emits a plain 1-d row gather: row = (b * T + cell) * M + m.
-  rows = ((jnp.arange(b, dtype=jnp.int32)[:, None, None, None, None] * t + cell) * m
-          + jnp.arange(m, dtype=jnp.int32)[None, None, :, None, None])
-  gathered = jnp.take(table.reshape(b * t * m, d4), rows, axis=0, mode='clip', unique_indices=False,
-                      indices_are_sorted=False)
-  gathered = gathered.reshape(b, q, m, num_levels * p * 4, d4 // 4).astype(weights.dtype)
+  b, q, m, r = rows.shape
+  j = weights.shape[-1]
+  d = r * table.shape[1] // j
+  gathered = jnp.take(table, rows, axis=0, mode='clip', unique_indices=False, indices_are_sorted=False)
+  gathered = gathered.reshape(b, q, m, j, d).astype(weights.dtype)
   # A batched dot, not multiply + reduce: on CPU the fused reduce over a non-minor axis was 5-8x slower.
   # HIGHEST keeps the float32 accumulation on TPU, whose default matmul precision is bfloat16.
-  return jnp.einsum('bqmkd,bqmk->bqmd', gathered, weights.reshape(b, q, m, num_levels * p * 4),
-                    precision=jax.lax.Precision.HIGHEST)
+  return jnp.einsum('bqmjd,bqmj->bqmd', gathered, weights, precision=jax.lax.Precision.HIGHEST)
 
 
-@functools.partial(jax.jit, static_argnums=1)
+def _packed(value, spatial_shapes, sampling_locations, attention_weights, dtype):
+  b, _, m, d = value.shape
+  table = packed_corner_table(value, spatial_shapes)
+  t = table.shape[1]
+  cell, weights = cell_indices_and_weights(spatial_shapes, sampling_locations, attention_weights, dtype)
+  rows = ((jnp.arange(b, dtype=jnp.int32)[:, None, None, None, None] * t + cell) * m
+          + jnp.arange(m, dtype=jnp.int32)[None, None, :, None, None])
+  return _gather_weighted_sum(table.reshape(b * t * m, 4 * d), rows.reshape(*rows.shape[:3], -1),
+                              weights.reshape(*weights.shape[:3], -1))
+
+
+def _four_corner(value, spatial_shapes, sampling_locations, attention_weights, dtype):
+  b, s, m, d = value.shape
+  level_w, level_h, level_start = (np.asarray(x, np.int32)
+                                   for x in common.per_sample_levels(spatial_shapes, sampling_locations.shape[4]))
+  px, py = common.pixel_coordinates(spatial_shapes, sampling_locations, dtype)
+  aw = attention_weights.reshape(px.shape).astype(dtype)
+  bi = jnp.arange(b, dtype=jnp.int32)[:, None, None, None]
+  mi = jnp.arange(m, dtype=jnp.int32)[None, None, :, None]
+  rows, weights = [], []
+  for pos, valid, wx, wy, _, _ in common.bilinear_corners(px, py, level_w, level_h):
+    rows.append((bi * s + level_start + pos) * m + mi)
+    weights.append(jnp.where(valid, wx * wy * aw, 0.0))
+  rows = jnp.stack(rows, -1).reshape(*px.shape[:3], -1)  # [B, Q, M, K * 4], (sample, corner) order
+  weights = jnp.stack(weights, -1).reshape(rows.shape)
+  return _gather_weighted_sum(value.reshape(b * s * m, d), rows, weights)
+
+
+def use_packed_table(spatial_shapes: common.SpatialShapes, num_queries: int, points: int,
+                     backend: str | None = None) -> bool:
+  """Packed on TPU when `Q * L * P >= 4 * S`, four-corner otherwise (see the module docstring)."""
+  dense = num_queries * len(spatial_shapes) * points >= 4 * sum(h * w for h, w in spatial_shapes)
+  return dense and (backend or jax.default_backend()) == 'tpu'
+
+
+FORMULATIONS = {'packed': _packed, 'four_corner': _four_corner}
+
+
+@functools.partial(jax.jit, static_argnums=1, static_argnames='formulation')
 def ms_deform_attn_xla(value: jax.Array, spatial_shapes: common.SpatialShapes, sampling_locations: jax.Array,
-                       attention_weights: jax.Array) -> jax.Array:
+                       attention_weights: jax.Array, *, formulation: str | None = None) -> jax.Array:
   """Multi-scale deformable attention in plain XLA.
 
   Args:
@@ -121,13 +160,17 @@ def ms_deform_attn_xla(value: jax.Array, spatial_shapes: common.SpatialShapes, s
     spatial_shapes: static `((H_l, W_l), ...)`.
     sampling_locations: `[B, Q, M, L, P, 2]`, (x, y) in [0, 1] of each padded map (any value allowed).
     attention_weights: `[B, Q, M, L, P]`.
+    formulation: 'packed', 'four_corner', or None to choose by `use_packed_table` (see the module docstring).
 
   Returns:
     `[B, Q, M * D]` in `value.dtype`, accumulated in float32.
   """
-  b, _, m, d, q, _, _ = common.check_inputs(value, spatial_shapes, sampling_locations, attention_weights)
-  table = packed_corner_table(value, spatial_shapes)
-  cell, weights = cell_indices_and_weights(spatial_shapes, sampling_locations, attention_weights,
-                                           common.accumulation_dtype(value, sampling_locations, attention_weights))
-  out = _gather_reduce(table, cell, weights)
+  b, _, m, d, q, _, p = common.check_inputs(value, spatial_shapes, sampling_locations, attention_weights)
+  dtype = common.accumulation_dtype(value, sampling_locations, attention_weights)
+  if formulation is None:
+    formulation = 'packed' if use_packed_table(spatial_shapes, q, p) else 'four_corner'
+  if formulation not in FORMULATIONS:
+    raise ValueError(f'ms_deform_attn_xla: formulation must be one of {list(FORMULATIONS)} or None, '
+                     f'got {formulation!r}.')
+  out = FORMULATIONS[formulation](value, spatial_shapes, sampling_locations, attention_weights, dtype)
   return out.reshape(b, q, m * d).astype(value.dtype)
