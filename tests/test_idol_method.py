@@ -123,9 +123,15 @@ def test_predict_video_records(tiny_model):
       if seg is not None:
         assert seg['size'] == list(orig)
         assert mask_utils.decode(seg).shape == orig
-  # Chunking does not change the result (the last chunk is zero-padded).
+  # Chunking does not change the result (the last chunk is zero-padded), nor feeding the frames in pieces.
   config.tracker.batch_infer_len = 10
-  again = method.predict_video(model, video, config)
+  predictor = method.VideoPredictor(model, config, video_id=7, length=num_frames, image_size=(60, 64),
+                                    orig_size=orig)
+  predictor.add_frames(frames[:3])
+  with pytest.raises(ValueError, match='3 of 5 frames'):
+    predictor.records()
+  predictor.add_frames(frames[3:])
+  again = predictor.records()
   assert len(again) == len(records)
   for a, r in zip(again, records):
     assert a['segmentations'] == r['segmentations'] and a['category_id'] == r['category_id']

@@ -3,8 +3,9 @@
 * `loss_fn` flattens the `[B, 2, ...]` clips (key, reference) into `2B` frames, runs one forward pass and the
   criterion (`criterion.idol_loss`); the loss settings (`config.loss`) travel with the model built by
   `build_model` (attribute `loss_config`).
-* `predict_video` runs the detector over the video in chunks of `config.tracker.batch_infer_len` frames (jitted,
-  the last chunk zero-padded so one shape is compiled), then per frame on the host: query selection and box NMS,
+* `predict_video` (or `VideoPredictor`, fed chunk by chunk for long videos) runs the detector in chunks of
+  `config.tracker.batch_infer_len` frames (jitted, the last chunk zero-padded so one shape is compiled), then per
+  frame on the host: query selection and box NMS,
   the IDOL tracker, output masks (bilinear to the padded size, sigmoid, crop, nearest to the original size,
   > 0.5) encoded to RLE as soon as each frame is tracked, and the video-level scores (`tracker.py`).
 """
@@ -104,58 +105,90 @@ def _category_table(config: ml_collections.ConfigDict, num_classes: int) -> np.n
   return np.asarray(ids)
 
 
-def predict_video(model: nnx.Module, video: dict[str, Any], config: ml_collections.ConfigDict) -> list[dict]:
-  """IDOL online inference on one video (docs/INTERFACES.md §2 input) → CodaLab result records.
+class VideoPredictor:
+  """IDOL online inference on one video fed in any number of frame chunks (constant memory per track).
 
-  Returns:
-    `[{'video_id', 'score', 'category_id', 'segmentations': [RLE | None per frame]}]`, one per (track, class)
-    with mean score > `apply_cls_thres` (`config.tracker.multi_cls`), or one per track otherwise.
+    predictor = VideoPredictor(model, config, video_id=..., length=T, image_size=(h, w), orig_size=(H, W))
+    for frames in chunks:          # uint8 [c, Hp, Wp, 3], in order
+      predictor.add_frames(frames)
+    records = predictor.records()
   """
-  for key in ('video_id', 'frames', 'image_size', 'orig_size'):
-    if key not in video:
-      raise KeyError(f'IDOL predict_video: video dict lacks {key!r} (see docs/INTERFACES.md §2).')
-  tcfg = _tracker_config(config)
-  frames = np.asarray(video['frames'])
-  if frames.ndim != 4 or frames.shape[-1] != 3:
-    raise ValueError(f'IDOL predict_video: video["frames"] must be [T, H, W, 3], got {frames.shape}.')
-  num_frames = len(frames)
-  image_size = tuple(int(s) for s in video['image_size'])
-  orig_size = tuple(int(s) for s in video['orig_size'])
-  chunk = max(1, int(tcfg.batch_infer_len))
 
-  forward, state = _forward_fn(model)
-  tracker = tracker_lib.IDOLTracker.from_config(tcfg)
-  tracks = tracker_lib.VideoTracks(num_frames, filter_min_frames=tcfg.filter_min_frames,
-                                   filter_last_frames=tcfg.filter_last_frames, filter_min_seen=tcfg.filter_min_seen)
-  mask_stride = int(model.config.get('mask_out_stride', 4))
-  num_classes = None
-  for start in range(0, num_frames, chunk):
-    images = frames[start:start + chunk]
+  def __init__(self, model: nnx.Module, config: ml_collections.ConfigDict, *, video_id: Any, length: int,
+               image_size: tuple[int, int], orig_size: tuple[int, int]):
+    self.model = model
+    self.config = config
+    self.video_id = video_id
+    self.length = int(length)
+    self.image_size = tuple(int(s) for s in image_size)
+    self.orig_size = tuple(int(s) for s in orig_size)
+    self.tcfg = _tracker_config(config)
+    self.chunk = max(1, int(self.tcfg.batch_infer_len))
+    self.forward, self.state = _forward_fn(model)
+    self.tracker = tracker_lib.IDOLTracker.from_config(self.tcfg)
+    self.tracks = tracker_lib.VideoTracks(self.length, filter_min_frames=self.tcfg.filter_min_frames,
+                                          filter_last_frames=self.tcfg.filter_last_frames,
+                                          filter_min_seen=self.tcfg.filter_min_seen)
+    self.mask_stride = int(model.config.get('mask_out_stride', 4))
+    self.num_classes = int(model.config.num_classes)
+    self.next_frame = 0
+
+  def add_frames(self, frames: np.ndarray) -> None:
+    """Runs the next frames `[c, Hp, Wp, 3]` (resized, zero-padded) through the detector and the tracker."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+      raise ValueError(f'IDOL predict: video {self.video_id}: frames must be [T, H, W, 3], got {frames.shape}.')
+    if self.next_frame + len(frames) > self.length:
+      raise ValueError(f'IDOL predict: video {self.video_id}: got {self.next_frame + len(frames)} frames, more than '
+                       f'its length {self.length}.')
+    for start in range(0, len(frames), self.chunk):
+      self._run_chunk(frames[start:start + self.chunk])
+
+  def _run_chunk(self, images: np.ndarray) -> None:
     n = len(images)
-    images = np.concatenate([images, np.zeros((chunk - n,) + images.shape[1:], images.dtype)])
-    sizes = np.tile(np.asarray(image_size, np.int32), (chunk, 1))
-    logits, boxes, embeds, masks = forward(state, jnp.asarray(images), jnp.asarray(sizes))
+    images = np.concatenate([images, np.zeros((self.chunk - n,) + images.shape[1:], images.dtype)])
+    sizes = np.tile(np.asarray(self.image_size, np.int32), (self.chunk, 1))
+    logits, boxes, embeds, masks = self.forward(self.state, jnp.asarray(images), jnp.asarray(sizes))
     probs = tracker_lib.sigmoid(np.asarray(logits[:n]))
     boxes, embeds = np.asarray(boxes[:n]), np.asarray(embeds[:n])
-    num_classes = probs.shape[-1]
+    tcfg = self.tcfg
     for f in range(n):
-      frame_id = start + f
       idx = tracker_lib.select_detections(probs[f], boxes[f], tcfg.select_thres, tcfg.box_nms_thr)
       padded = np.zeros(_bucket(len(idx)), np.int32)
       padded[:len(idx)] = idx
       mask_logits = np.asarray(_take_masks(masks, f, jnp.asarray(padded)))[:len(idx)]
       det_probs = probs[f][idx]
-      keep, ids = tracker.match(det_probs.max(1), det_probs.argmax(1), tracker_lib.sigmoid(mask_logits) > 0.5,
-                                embeds[f][idx], frame_id)
+      keep, ids = self.tracker.match(det_probs.max(1), det_probs.argmax(1),
+                                     tracker_lib.sigmoid(mask_logits) > 0.5, embeds[f][idx], self.next_frame)
       out = ids >= 0
-      final = tracker_lib.final_masks(mask_logits[keep][out], image_size, orig_size, stride=mask_stride,
-                                      threshold=tcfg.mask_threshold)
-      tracks.add_frame(frame_id, ids[out], det_probs[keep][out], lambda k: results_lib.encode_mask(final[k]))
+      final = tracker_lib.final_masks(mask_logits[keep][out], self.image_size, self.orig_size,
+                                      stride=self.mask_stride, threshold=tcfg.mask_threshold)
+      self.tracks.add_frame(self.next_frame, ids[out], det_probs[keep][out],
+                            lambda k: results_lib.encode_mask(final[k]))
+      self.next_frame += 1
 
-  category_ids = _category_table(config, num_classes or model.config.num_classes)
-  return [{'video_id': video['video_id'], 'score': score, 'category_id': int(category_ids[label]),
-           'segmentations': segs}
-          for score, label, segs in tracks.results(multi_cls=tcfg.multi_cls, apply_cls_thres=tcfg.apply_cls_thres)]
+  def records(self) -> list[dict]:
+    """CodaLab records `{'video_id', 'score', 'category_id', 'segmentations': [RLE | None per frame]}`: one per
+    (track, class) with mean score > `apply_cls_thres` (`config.tracker.multi_cls`), else one per track."""
+    if self.next_frame != self.length:
+      raise ValueError(f'IDOL predict: video {self.video_id}: {self.next_frame} of {self.length} frames were given.')
+    category_ids = _category_table(self.config, self.num_classes)
+    return [{'video_id': self.video_id, 'score': score, 'category_id': int(category_ids[label]),
+             'segmentations': segs}
+            for score, label, segs in self.tracks.results(multi_cls=self.tcfg.multi_cls,
+                                                          apply_cls_thres=self.tcfg.apply_cls_thres)]
+
+
+def predict_video(model: nnx.Module, video: dict[str, Any], config: ml_collections.ConfigDict) -> list[dict]:
+  """IDOL online inference on one video (docs/INTERFACES.md §2) → CodaLab result records (see `VideoPredictor`)."""
+  for key in ('video_id', 'frames', 'image_size', 'orig_size'):
+    if key not in video:
+      raise KeyError(f'IDOL predict_video: video dict lacks {key!r} (see docs/INTERFACES.md §2).')
+  frames = np.asarray(video['frames'])
+  predictor = VideoPredictor(model, config, video_id=video['video_id'], length=len(frames),
+                             image_size=video['image_size'], orig_size=video['orig_size'])
+  predictor.add_frames(frames)
+  return predictor.records()
 
 
 def conversion_rules(config: ml_collections.ConfigDict):
