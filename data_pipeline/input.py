@@ -16,6 +16,12 @@ Training (`make_train_iterator(config, process_index=, process_count=)` or `Trai
 - Resume: the iterator's state is the number of batches it has produced (`get_state()` -> {'step', ...}); on
   `set_state` the pipeline is rebuilt at epoch `step*B // E` and skips `step*B mod E` raw records (reading, not
   decoding them), which reproduces the exact following batches. `E` is the process's record count from the manifest.
+  (Deterministic skipping, not tf.data iterator checkpoints: the state is a few integers that fit in the orbax
+  checkpoint, and it is independent of the number of tf.data threads.)
+- Several directories (e.g. YTVIS and COCO pseudo-videos, as VITA / VISOLO / IDOL train) are mixed with
+  `ratios`: in every block of 1000 clips, source k supplies round(1000 * ratio_k / sum) clips, in an order drawn from
+  (seed, process, block). Each source keeps its own epochs and its own augmentation recipe (pseudo-clip recipe for
+  a COCO conversion); on resume the clips taken from each source are counted from the block pattern.
 - Static shapes: every frame is augmented onto the largest size bucket; each batch is then cut to the smallest
   bucket that holds all its frames (single process) or kept at the largest bucket (several processes, so that all
   processes agree on the global shape). Instances: the first `max_instances` tracks (json order) visible in the
@@ -97,8 +103,11 @@ def _process_records(plan: ProcessShard, shuffle_seed=None, cycle_length: int = 
 
 @dataclasses.dataclass(frozen=True)
 class TrainSpec:
-  """Everything that determines the training stream (see `make_train_iterator` for the config mapping)."""
-  root: str
+  """Everything that determines the training stream (see `make_train_iterator` for the config mapping).
+
+  `root` is one converted directory or a tuple of them (e.g. YTVIS and COCO pseudo-videos) mixed with `ratios`.
+  """
+  root: str | tuple[str, ...]
   method: str
   batch_size: int  # clips per process
   max_instances: int
@@ -115,6 +124,32 @@ class TrainSpec:
   augment: dict[str, Any] = dataclasses.field(default_factory=dict)  # Recipe field overrides
   process_index: int = 0
   process_count: int = 1
+  ratios: tuple[float, ...] = ()  # Mixing weights of the roots (default: equal).
+
+  @property
+  def roots(self) -> tuple[str, ...]:
+    return (self.root,) if isinstance(self.root, str) else tuple(self.root)
+
+
+_MIX_BLOCK = 1000  # The source of each clip follows a seeded permutation of blocks of this many clips.
+
+
+def mix_counts(ratios: Sequence[float]) -> np.ndarray:
+  """Clips per source in each block of `_MIX_BLOCK` (largest-remainder rounding of the ratios)."""
+  r = np.asarray(ratios, np.float64)
+  if r.ndim != 1 or r.size == 0 or np.any(r < 0) or not np.all(np.isfinite(r)) or r.sum() <= 0:
+    raise ValueError(f'dataset ratios must be non-negative with a positive sum, got {list(ratios)}')
+  exact = r / r.sum() * _MIX_BLOCK
+  counts = np.floor(exact).astype(np.int64)
+  counts[np.argsort(-(exact - counts), kind='stable')[:_MIX_BLOCK - counts.sum()]] += 1
+  return counts
+
+
+def _mix_pattern(base, block, counts):
+  """int64 `[_MIX_BLOCK]`: the source index of each clip of block `block` (a seeded shuffle of the counts)."""
+  tf = tfrecord.import_tf()
+  ids = tf.repeat(tf.range(len(counts), dtype=tf.int64), tf.constant(counts, tf.int64))
+  return tf.gather(ids, tf.argsort(tf.random.stateless_uniform([_MIX_BLOCK], samplers.fold(base, 3, block))))
 
 
 def _round_up(x: int, m: int) -> int:
@@ -243,51 +278,92 @@ class TrainIterator:
 
   def __init__(self, spec: TrainSpec):
     self.spec = spec
-    self.manifest = tfrecord.load_manifest(spec.root)
-    self.plan = plan_process_shard(self.manifest, spec.process_index, spec.process_count)
     if spec.batch_size < 1:
       raise ValueError(f'batch size per process must be >= 1, got {spec.batch_size}')
+    roots = spec.roots
+    if not roots:
+      raise ValueError('TrainSpec.root names no converted directory')
+    self.mix = mix_counts(spec.ratios or (1.0,) * len(roots))
+    if len(self.mix) != len(roots):
+      raise ValueError(f'{len(spec.ratios)} dataset ratios for {len(roots)} TFRecord directories')
+    self.manifests = tuple(tfrecord.load_manifest(r) for r in roots)
+    self.plans = tuple(plan_process_shard(m, spec.process_index, spec.process_count) for m in self.manifests)
     self.sampler = samplers.make_sampler(spec.method, clip_len=spec.clip_len, frame_range=spec.frame_range)
-    pseudo = self.manifest.source_format == 'coco'
-    self.recipe = augment.method_recipe(spec.method, pseudo=pseudo, min_sizes=spec.min_sizes,
-                                        max_size=spec.max_size, **spec.augment)
     buckets = tuple(tuple(int(x) for x in b) for b in spec.size_buckets) or derive_buckets(
         spec.min_sizes, spec.max_size, spec.size_divisibility)
     self.buckets = tuple(sorted(buckets, key=lambda b: (b[0] * b[1], b)))
     self.canvas = (max(b[0] for b in self.buckets), max(b[1] for b in self.buckets))
     if self.canvas not in self.buckets:
       raise ValueError(f'size buckets {self.buckets} need one bucket that holds all others (the canvas)')
-    if self.manifest.max_tracks_per_video > spec.max_instances:
-      logging.warning('%s: videos have up to %d tracks; clips keep the first max_instances=%d visible ones',
-                      spec.root, self.manifest.max_tracks_per_video, spec.max_instances)
-    self.builder = ClipBuilder(self.sampler, self.recipe, self.canvas, spec.max_instances, spec.drop_crowd)
+    self.recipes, self.builders = [], []
+    for root, manifest in zip(roots, self.manifests):
+      recipe = augment.method_recipe(spec.method, pseudo=manifest.source_format == 'coco', min_sizes=spec.min_sizes,
+                                     max_size=spec.max_size, **spec.augment)
+      if manifest.max_tracks_per_video > spec.max_instances:
+        logging.warning('%s: videos have up to %d tracks; clips keep the first max_instances=%d visible ones',
+                        root, manifest.max_tracks_per_video, spec.max_instances)
+      self.recipes.append(recipe)
+      self.builders.append(ClipBuilder(self.sampler, recipe, self.canvas, spec.max_instances, spec.drop_crowd))
     self._step = 0
     self._iterator = None
 
+  # Single-directory views (the common case).
+  @property
+  def manifest(self) -> tfrecord.Manifest:
+    return self.manifests[0]
+
+  @property
+  def plan(self) -> ProcessShard:
+    return self.plans[0]
+
+  @property
+  def recipe(self) -> augment.Recipe:
+    return self.recipes[0]
+
+  @property
+  def builder(self) -> 'ClipBuilder':
+    return self.builders[0]
+
   @property
   def records_per_epoch(self) -> int:
-    return self.plan.num_records
+    return self.plans[0].num_records
+
+  def _clips(self, k: int, first_record: int, base):
+    """Clip dataset of source k from its record `first_record` on (epochs shuffled with seeds (seed, k, epoch))."""
+    tf = tfrecord.import_tf()
+    spec, plan, builder = self.spec, self.plans[k], self.builders[k]
+    first_epoch, offset = divmod(first_record, plan.num_records)
+    plain = tf.autograph.experimental.do_not_convert  # All control flow below is explicit tf.cond / Python.
+
+    def epoch(e):
+      records = _process_records(plan, samplers.fold(base, 0, k, e))
+      records = records.shuffle(max(spec.shuffle_buffer, 1), seed=samplers.fold(base, 1, k, e)[0],
+                                reshuffle_each_iteration=False)
+      return records.enumerate().map(plain(lambda i, r: (e, i, r)))
+
+    ds = tf.data.Dataset.range(first_epoch, _MAX_EPOCHS).flat_map(plain(epoch)).skip(offset)
+    return ds.map(plain(lambda e, i, r: builder(r, samplers.fold(base, 2, k, e, i))),
+                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
   def _dataset(self, start_step: int):
     tf = tfrecord.import_tf()
-    spec, plan = self.spec, self.plan
+    spec = self.spec
     base = tf.constant([spec.seed, spec.process_index], tf.int64)
-    first_record = start_step * spec.batch_size
-    first_epoch, offset = divmod(first_record, plan.num_records)
-
-    def epoch(e):
-      records = _process_records(plan, samplers.fold(base, 0, e))
-      records = records.shuffle(max(spec.shuffle_buffer, 1), seed=samplers.fold(base, 1, e)[0],
-                                reshuffle_each_iteration=False)
-      return records.enumerate().map(tf.autograph.experimental.do_not_convert(lambda i, r: (e, i, r)))
-
-    plain = tf.autograph.experimental.do_not_convert  # All control flow below is explicit tf.cond / Python.
-    ds = tf.data.Dataset.range(first_epoch, _MAX_EPOCHS).flat_map(plain(epoch)).skip(offset)
-    ds = ds.map(plain(lambda e, i, r: self.builder(r, samplers.fold(base, 2, e, i))),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    first = start_step * spec.batch_size  # Clips already produced.
+    if len(self.builders) == 1:
+      ds = self._clips(0, first, base)
+    else:
+      block, within = divmod(first, _MIX_BLOCK)
+      before = np.bincount(_mix_pattern(base, block, self.mix).numpy()[:within], minlength=len(self.mix))
+      taken = block * self.mix + before  # Clips of each source before clip `first`.
+      plain = tf.autograph.experimental.do_not_convert
+      choice = tf.data.Dataset.range(block, _MAX_EPOCHS).flat_map(
+          plain(lambda b: tf.data.Dataset.from_tensor_slices(_mix_pattern(base, b, self.mix)))).skip(within)
+      ds = tf.data.Dataset.choose_from_datasets(
+          [self._clips(k, int(taken[k]), base) for k in range(len(self.builders))], choice)
     ds = ds.batch(spec.batch_size, drop_remainder=True)
     if spec.process_count == 1 and len(self.buckets) > 1:
-      ds = ds.map(plain(lambda b: _cut_to_bucket(b, self.buckets)))
+      ds = ds.map(tf.autograph.experimental.do_not_convert(lambda b: _cut_to_bucket(b, self.buckets)))
     options = tf.data.Options()
     options.deterministic = True
     ds = ds.with_options(options)
@@ -304,21 +380,23 @@ class TrainIterator:
       batch = next(self._iterator)
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
       self._iterator = None
-      raise _diagnose(self.plan.paths, e) from None
+      raise _diagnose([p for plan in self.plans for p in plan.paths], e) from None
     self._step += 1
     return {k: v.numpy() for k, v in batch.items()}
 
-  def get_state(self) -> dict[str, int]:
-    """Position after the last produced batch (plus the settings it is only valid for)."""
+  def get_state(self) -> dict[str, Any]:
+    """Position after the last produced batch (plus the settings it is only valid for); JSON-serialisable."""
     return {'step': self._step, 'seed': self.spec.seed, 'batch_size': self.spec.batch_size,
-            'process_count': self.spec.process_count, 'records_per_epoch': self.plan.num_records}
+            'process_count': self.spec.process_count, 'records_per_epoch': [p.num_records for p in self.plans],
+            'mix': self.mix.tolist()}
 
   def set_state(self, state: dict[str, Any]) -> None:
     """Resumes at `state['step']`; the other keys must match this iterator's settings."""
     mine = self.get_state()
-    for key in ('seed', 'batch_size', 'process_count', 'records_per_epoch'):
-      if key in state and int(state[key]) != mine[key]:
-        raise ValueError(f'iterator state was saved with {key}={int(state[key])}, this input has {mine[key]}')
+    for key in ('seed', 'batch_size', 'process_count', 'records_per_epoch', 'mix'):
+      if key in state and np.asarray(state[key]).tolist() != mine[key]:
+        raise ValueError(f'iterator state was saved with {key}={np.asarray(state[key]).tolist()}, '
+                         f'this input has {mine[key]}')
     step = int(state['step'])
     if step < 0:
       raise ValueError(f'iterator state step must be >= 0, got {step}')
@@ -339,10 +417,11 @@ def _diagnose(paths: Sequence[str], error) -> tfrecord.RecordFormatError:
 def make_train_iterator(config, *, process_index: int = 0, process_count: int = 1) -> TrainIterator:
   """Builds the training iterator from a visjax config.
 
-  Reads `config.dataset.tfrecords`, `config.method`, `config.seed` and `config.input.{batch_size (global),
-  clip_len, max_instances, min_size_train, max_size_train, size_divisibility, size_buckets, shuffle_buffer,
-  prefetch}` plus, when present, `config.input.{sampling_frame_range, drop_crowd, augment}` (`augment`: a dict of
-  `augment.Recipe` field overrides).
+  Reads `config.dataset.tfrecords` (one converted directory, or several separated by commas, e.g. YTVIS and COCO
+  pseudo-videos), `config.method`, `config.seed` and `config.input.{batch_size (global), clip_len, max_instances,
+  min_size_train, max_size_train, size_divisibility, size_buckets, shuffle_buffer, prefetch}` plus, when present,
+  `config.input.{sampling_frame_range, drop_crowd, augment, dataset_ratios}` (`augment`: a dict of `augment.Recipe`
+  field overrides; `dataset_ratios`: mixing weights of the directories, e.g. (0.75, 1.0) for VITA's YTVIS 2019).
   """
   inp = config.input
   if inp.batch_size % process_count:
@@ -352,8 +431,10 @@ def make_train_iterator(config, *, process_index: int = 0, process_count: int = 
   overrides = inp.get('augment', None) or {}
   if hasattr(overrides, 'to_dict'):
     overrides = overrides.to_dict()
+  roots = config.dataset.tfrecords
+  roots = tuple(r.strip() for r in roots.split(',') if r.strip()) if isinstance(roots, str) else tuple(roots)
   spec = TrainSpec(
-      root=config.dataset.tfrecords, method=config.method, batch_size=inp.batch_size // process_count,
+      root=roots, ratios=tuple(inp.get('dataset_ratios', ()) or ()), method=config.method, batch_size=inp.batch_size // process_count,
       max_instances=inp.max_instances, min_sizes=tuple(inp.min_size_train), max_size=inp.max_size_train,
       size_buckets=tuple(tuple(b) for b in inp.size_buckets), size_divisibility=inp.size_divisibility,
       clip_len=inp.clip_len, frame_range=inp.get('sampling_frame_range', None), seed=config.seed,

@@ -1,6 +1,7 @@
 """tf.data training clips and eval videos (data_pipeline.input, data_pipeline.augment) on the synthetic set."""
 
 import dataclasses
+import json
 import os
 import shutil
 
@@ -195,7 +196,7 @@ def test_determinism_and_resume(data):
     for key in batch:
       np.testing.assert_array_equal(batch[key], batches[step][key])
   resumed = input_lib.TrainIterator(spec)
-  resumed.set_state(state)
+  resumed.set_state(json.loads(json.dumps(state)))  # The engine stores it as JSON.
   assert state['step'] == 2
   for step in range(2, 6):
     batch = next(resumed)
@@ -342,7 +343,6 @@ def _write_records(root, payloads, fmt='ytvis'):
               'max_tracks_per_video': 1, 'categories': [{'index': 0, 'id': 1, 'name': 'x'}],
               'shards': [{'file': os.path.basename(path), 'num_records': len(payloads),
                           'num_bytes': os.path.getsize(path), 'sha256': tfrecord.sha256_file(path)}]}
-  import json  # pylint: disable=g-import-not-at-top
   with open(os.path.join(root, tfrecord.MANIFEST_NAME), 'w') as f:
     json.dump(manifest, f)
 
@@ -378,25 +378,54 @@ def test_bad_records_fail_with_video_named(tmp_path):
     list(input_lib.eval_videos(root))
 
 
-@pytest.mark.parametrize('method', ['vita'])
-def test_coco_pseudo_clips(data, tmp_path, method):
-  """One-frame records give T views of frame 0; IDOL's are independent, VITA's rotate with sorted angles."""
+@pytest.fixture(scope='module')
+def coco_root(data, tmp_path_factory):
+  """One-frame records (first frame of 3 synthetic videos, ids + 1000), as a COCO conversion writes them."""
   dataset = data['dataset']
   payloads = []
   for video in dataset.videos[:3]:
     full = convert.build_payload(video, dataset.tracks_of(video.id), data['paths']['images'],
                                  dataset.category_table.ids, video.name)
     payloads.append(dataclasses.replace(
-        full, filenames=full.filenames[:1], frames=full.frames[:1],
+        full, video_id=video.id + 1000, filenames=full.filenames[:1], frames=full.frames[:1],
         tracks=[dataclasses.replace(t, bboxes=t.bboxes[:1], mask_pngs=t.mask_pngs[:1]) for t in full.tracks]))
-  root = str(tmp_path / 'coco')
+  root = str(tmp_path_factory.mktemp('coco') / 'tfr')
   _write_records(root, payloads, fmt='coco')
-  spec = _spec(root, method, batch_size=3, shuffle_buffer=1)
+  return root
+
+
+def test_coco_pseudo_clips(coco_root):
+  """One-frame records give T views of frame 0, augmented with VITA's pseudo-clip recipe (sorted rotations)."""
+  spec = _spec(coco_root, 'vita', batch_size=3, shuffle_buffer=1)
   it = input_lib.TrainIterator(spec)
-  assert it.recipe == augment.method_recipe(method, pseudo=True, min_sizes=SIZES['min_sizes'],
-                                            max_size=SIZES['max_size'], **TINY_AUG[method])
+  assert it.recipe == augment.method_recipe('vita', pseudo=True, min_sizes=SIZES['min_sizes'],
+                                            max_size=SIZES['max_size'], **TINY_AUG['vita'])
+  assert it.recipe.rotation == 15.0 and it.recipe.rotation_per == 'sorted'
   batch = next(it)
   assert np.all(batch['frame_index'] == 0)
   views_differ = [not np.array_equal(batch['image'][i, 0], batch['image'][i, t])
                   for i in range(3) for t in range(1, batch['image'].shape[1])]
   assert any(views_differ)
+
+
+def test_mixed_sources_ratio_and_resume(data, coco_root):
+  assert input_lib.mix_counts((0.75, 1.0)).tolist() == [429, 571]
+  assert input_lib.mix_counts((1, 0, 1)).tolist() == [500, 0, 500]
+  spec = _spec((data['tfr'][4], coco_root), 'vita', batch_size=3, ratios=(1.0, 1.0))
+  first = input_lib.TrainIterator(spec)
+  assert [r.rotation for r in first.recipes] == [0.0, 15.0]  # Each source keeps its own recipe.
+  batches = [next(first) for _ in range(4)]
+  ids = np.concatenate([b['video_id'] for b in batches])
+  from_coco = ids > 1000
+  assert from_coco.any() and (~from_coco).any()
+  for b in batches:
+    assert np.all(b['frame_index'][b['video_id'] > 1000] == 0)
+  state_after_one = {'step': 1, **{k: v for k, v in first.get_state().items() if k != 'step'}}
+  resumed = input_lib.TrainIterator(spec)
+  resumed.set_state(state_after_one)
+  for step in range(1, 4):
+    batch = next(resumed)
+    for key in batch:
+      np.testing.assert_array_equal(batch[key], batches[step][key], err_msg=f'{key} at step {step}')
+  with pytest.raises(ValueError, match='mix'):
+    input_lib.TrainIterator(dataclasses.replace(spec, ratios=(1.0, 3.0))).set_state(state_after_one)
