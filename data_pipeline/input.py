@@ -451,9 +451,9 @@ def _eval_settings(source, min_size, max_size, size_divisibility):
   if isinstance(source, str):
     return source, min_size or 480, max_size or 1333, size_divisibility or 32
   inp = source.input
-  root = source.dataset.get('eval_tfrecords', '')
+  root = source.dataset.get('eval_tfrecords', '') or source.dataset.tfrecords  # As configs/common.py documents.
   if not root:
-    raise ValueError('config.dataset.eval_tfrecords is empty: convert the eval split with data_pipeline.convert')
+    raise ValueError('config.dataset.eval_tfrecords and .tfrecords are empty: convert the eval split first')
   return (root, min_size or inp.min_size_test, max_size or inp.max_size_test,
           size_divisibility or inp.size_divisibility)
 
@@ -480,8 +480,8 @@ def eval_video_chunks(source, *, chunk_len: int = 0, process_index: int = 0, pro
   """Yields eval videos in chunks of at most `chunk_len` frames (0 = whole video), decoding only that chunk.
 
   Args:
-    source: a config (`config.dataset.eval_tfrecords`; `config.input.min_size_test`, `max_size_test`,
-      `size_divisibility`) or the path of a converted directory.
+    source: a config (`config.dataset.eval_tfrecords`, or `.tfrecords` when that is empty;
+      `config.input.min_size_test`, `max_size_test`, `size_divisibility`) or the path of a converted directory.
     chunk_len: frames per chunk; 0 yields each video as one chunk.
     process_index, process_count: this process's share of the videos (as for training).
     min_size, max_size, size_divisibility: override the test resize.
