@@ -87,7 +87,8 @@ def method_recipe(method: str, *, pseudo: bool, min_sizes: Sequence[int], max_si
   - vita: crop branch p=.5 per clip with a resize to {400,500,600} and a sliding window; resize and flip per clip.
     Pseudo-clips: the same plus rotations of up to 15 degrees with angles sorted over the clip.
   - visolo: resize and flip per clip, rotation up to 15 degrees and a (352, 624) crop per frame.
-  - iai: resize and flip per clip; pseudo-clips per frame.
+  - iai: resize per clip, flip per frame (the IAI dataset runs the mmdet pipeline per frame and carries only the
+    scale over); pseudo-clips: both per frame.
   """
   base = dict(min_sizes=tuple(int(s) for s in min_sizes), max_size=int(max_size))
   if method == 'idol':
@@ -102,8 +103,8 @@ def method_recipe(method: str, *, pseudo: bool, min_sizes: Sequence[int], max_si
   elif method == 'visolo':
     base.update(rotation=15.0, rotation_per='frame', post_crop=(352, 624))
   elif method == 'iai':
-    if pseudo:
-      base.update(resize_per='frame', flip_per='frame')
+    # mmdet pipeline per frame with only the resize scale carried over: RandomFlip(0.5) is drawn per frame.
+    base.update(flip_per='frame', resize_per='frame' if pseudo else 'clip')
   else:
     raise ValueError(f'unknown method {method!r}; expected idol, vita, visolo or iai')
   unknown = set(overrides) - {f.name for f in dataclasses.fields(Recipe)}
