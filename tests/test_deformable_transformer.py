@@ -27,12 +27,13 @@ def rel_err(a, b):
 class _Wrapper(nnx.Module):
   """A transformer plus per-layer box heads, named like the torch reference (`transformer`, `bbox_embed`)."""
 
-  def __init__(self, rngs):
-    self.transformer = deformable.DeformableTransformer(D_MODEL, HEADS, ENC, DEC, 96, 0.1, LEVELS, 2, 3, rngs=rngs)
+  def __init__(self, rngs, remat=False):
+    self.transformer = deformable.DeformableTransformer(D_MODEL, HEADS, ENC, DEC, 96, 0.1, LEVELS, 2, 3,
+                                                        remat=remat, rngs=rngs)
     self.bbox_embed = nnx.List([MLP(D_MODEL, D_MODEL, 4, 3, rngs=rngs) for _ in range(DEC)])
 
-  def __call__(self, srcs, masks, pos, query_embed):
-    return self.transformer(srcs, masks, pos, query_embed, list(self.bbox_embed))
+  def __call__(self, srcs, masks, pos, query_embed, **kwargs):
+    return self.transformer(srcs, masks, pos, query_embed, list(self.bbox_embed), **kwargs)
 
 
 def _wrapper_rules():
@@ -138,27 +139,42 @@ def test_padding_is_ignored(torch_and_jax):
   assert rel_err(mem_b[valid0], mem_a[valid0]) < 1e-4
 
 
-def test_references_after_the_first_layer_are_detached(torch_and_jax):
-  """Gradients flow into the boxes of layer 1 but not into the reference it passes on (detached, as officially)."""
+def test_detached_references_dropout_and_remat(torch_and_jax):
+  """Gradients flow into the boxes of layer 1 but not into the reference it passes on (detached, as officially);
+  with dropout on, `remat=True` gives the same outputs and gradients as storing the activations."""
   _, _, _, model = torch_and_jax
+  remat_model = nnx.eval_shape(lambda: _Wrapper(nnx.Rngs(0), remat=True))
+  nnx.update(remat_model, nnx.state(model))
   rng = np.random.default_rng(3)
   srcs = [jnp.asarray(rng.normal(size=(1, h, w, D_MODEL)).astype(np.float32)) for h, w in LEVEL_SHAPES]
   masks = [jnp.asarray(m) for m in _masks([(12, 16)], LEVEL_SHAPES)]
   pos = [position.sine_position_embedding(m, D_MODEL // 2) for m in masks]
   query = jnp.asarray(rng.normal(size=(QUERIES, 2 * D_MODEL)).astype(np.float32))
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
-  @jax.jit
-  def grads(params):
-    def f(p, key):
-      out = nnx.merge(graphdef, p, rest)(srcs, masks, pos, query)
-      return jnp.sum(getattr(out, key)[1])
-    return jax.grad(f)(params, 'references'), jax.grad(f)(params, 'boxes')
+  def loss_fn(mdl):
+    graphdef, params, rest = nnx.split(mdl, nnx.Param, ...)
 
-  g_refs, g_boxes = grads(params)
+    def f(p, key, field):
+      out = nnx.merge(graphdef, p, rest)(srcs, masks, pos, query, deterministic=False,
+                                         rngs=nnx.Rngs(dropout=key))
+      return jnp.sum(getattr(out, field)[1] * jnp.arange(4.))
+
+    return f, params
+
+  f, params = loss_fn(model)
+  both = jax.jit(lambda p, key: (jax.grad(f)(p, key, 'references'), jax.value_and_grad(f)(p, key, 'boxes')))
+  g_refs, (value, g_boxes) = both(params, jax.random.key(0))
   assert all(not np.asarray(g).any() for g in jax.tree.leaves(g_refs))
   assert np.abs(np.asarray(g_boxes['bbox_embed'][1]['layers'][0]['kernel'][...])).max() > 0
   assert np.abs(np.asarray(g_boxes['transformer']['reference_points']['kernel'][...])).max() > 0
+  _, (value_other_key, _) = both(params, jax.random.key(1))
+  assert abs(float(value_other_key) - float(value)) > 1e-6  # dropout is on and keyed
+  f_remat, params_remat = loss_fn(remat_model)
+  value_remat, g_remat = jax.jit(jax.value_and_grad(f_remat), static_argnums=2)(params_remat, jax.random.key(0),
+                                                                                'boxes')
+  assert abs(float(value_remat) - float(value)) <= 1e-5 * abs(float(value))
+  for a, b in zip(jax.tree.leaves(g_remat), jax.tree.leaves(g_boxes)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
 def test_sine_position_embedding_matches_torch():

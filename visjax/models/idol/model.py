@@ -17,6 +17,7 @@ stride 4 (for all queries; the mask of layer l uses the reference entering layer
 image, as IDOL does), the last layer's re-ID embeddings and the references.
 """
 
+import functools
 import math
 from typing import Any
 
@@ -61,6 +62,7 @@ def default_model_config() -> ml_collections.ConfigDict:
   m.pixel_std = PIXEL_STD
   m.size_divisibility = 32
   m.msda_implementation = ''  # '' = best available for the backend; 'xla', 'pallas', 'pallas_tpu'
+  m.remat = False  # recompute transformer layers and dynamic mask heads in the backward pass (saves memory)
   return m
 
 
@@ -95,7 +97,8 @@ class IDOL(nnx.Module):
                                                  rngs=rngs)
     self.transformer = deformable.DeformableTransformer(
         c.d_model, c.nheads, c.enc_layers, c.dec_layers, c.dim_feedforward, c.dropout, c.num_feature_levels,
-        c.dec_n_points, c.enc_n_points, msda_implementation=c.msda_implementation or None, dtype=dtype, rngs=rngs)
+        c.dec_n_points, c.enc_n_points, msda_implementation=c.msda_implementation or None,
+        remat=c.get('remat', False), dtype=dtype, rngs=rngs)
     self.query_embed = nnx.Embed(c.num_queries, 2 * c.d_model, embedding_init=nnx.initializers.normal(1.),
                                  rngs=rngs)
     prior_bias = -math.log((1 - 0.01) / 0.01)
@@ -192,13 +195,15 @@ class IDOL(nnx.Module):
       start += hl * wl
     mask_feats = self.mask_head(maps)
     scale = image_size[:, ::-1].astype(jnp.float32)  # (w, h) of the unpadded image
+    mask_logits = functools.partial(
+        dynamic_mask.dynamic_mask_logits, mask_feat_stride=c.mask_feat_stride, mask_out_stride=c.mask_out_stride,
+        rel_coord=c.rel_coord, dynamic_channels=c.dynamic_channels)
+    if c.get('remat', False):
+      mask_logits = jax.checkpoint(mask_logits)
     masks_out = []
     for l in range(hs.shape[0]):
-      params = self.controller(hs[l])
       centres = out.references[l][..., :2] * scale[:, None]
-      masks_out.append(dynamic_mask.dynamic_mask_logits(
-          mask_feats, centres, params, mask_feat_stride=c.mask_feat_stride, mask_out_stride=c.mask_out_stride,
-          rel_coord=c.rel_coord, dynamic_channels=c.dynamic_channels))
+      masks_out.append(mask_logits(mask_feats, centres, self.controller(hs[l])))
     pred_masks = jnp.stack(masks_out).astype(jnp.float32)
     pred_masks = pred_masks[..., :-(-h // c.mask_out_stride), :-(-w // c.mask_out_stride)]
     return {

@@ -167,6 +167,17 @@ def encoder_reference_points(spatial_shapes: SpatialShapes, ratios: jax.Array) -
 # Layers.
 
 
+def _layer_caller(remat: bool, spatial_shapes: SpatialShapes, deterministic: bool) -> Callable[..., jax.Array]:
+  """Returns `call(layer, *arrays, padding_mask, rngs)` = `layer(*arrays, spatial_shapes, padding_mask, ...)`,
+  rematerialised in the backward pass (`nnx.remat`, i.e. jax.checkpoint) when `remat`."""
+
+  def call(layer, *args):
+    *arrays, padding_mask, rngs = args
+    return layer(*arrays, spatial_shapes, padding_mask, deterministic=deterministic, rngs=rngs)
+
+  return nnx.remat(call) if remat else call
+
+
 def _ffn(layer: nnx.Module, x: jax.Array, dropout: nnx.Dropout, deterministic: bool,
          rngs: nnx.Rngs | None) -> jax.Array:
   """`linear2(dropout(relu(linear1(x))))` of an encoder/decoder layer (the residual and norm are the caller's)."""
@@ -236,7 +247,8 @@ class DeformableTransformerEncoderLayer(nnx.Module):
 class DeformableTransformerEncoder(nnx.Module):
   """A stack of encoder layers over flattened multi-level tokens (`encoder.layers.{i}`)."""
 
-  def __init__(self, num_layers: int, **layer_kwargs):
+  def __init__(self, num_layers: int, *, remat: bool = False, **layer_kwargs):
+    self.remat = remat
     self.layers = nnx.List([DeformableTransformerEncoderLayer(**layer_kwargs) for _ in range(num_layers)])
 
   def __call__(self, src: jax.Array, spatial_shapes: SpatialShapes, ratios: jax.Array, pos: jax.Array,
@@ -244,8 +256,9 @@ class DeformableTransformerEncoder(nnx.Module):
                rngs: nnx.Rngs | None = None) -> jax.Array:
     """`src`, `pos [B, S, C]`, `ratios [B, L, 2]`, `padding_mask [B, S]` -> memory `[B, S, C]`."""
     reference_points = encoder_reference_points(spatial_shapes, ratios)
+    call = _layer_caller(self.remat, spatial_shapes, deterministic)
     for layer in self.layers:
-      src = layer(src, pos, reference_points, spatial_shapes, padding_mask, deterministic=deterministic, rngs=rngs)
+      src = call(layer, src, pos, reference_points, padding_mask, rngs)
     return src
 
 
@@ -312,7 +325,8 @@ class DeformableTransformerDecoder(nnx.Module):
   """Decoder stack with iterative box refinement (`decoder.layers.{i}`); the box heads are passed at call time
   (the official code attaches `bbox_embed` to the decoder; here the model owns them once)."""
 
-  def __init__(self, num_layers: int, **layer_kwargs):
+  def __init__(self, num_layers: int, *, remat: bool = False, **layer_kwargs):
+    self.remat = remat
     self.layers = nnx.List([DeformableTransformerDecoderLayer(**layer_kwargs) for _ in range(num_layers)])
 
   def __call__(self, tgt: jax.Array, reference_points: jax.Array, memory: jax.Array, spatial_shapes: SpatialShapes,
@@ -332,11 +346,11 @@ class DeformableTransformerDecoder(nnx.Module):
     output = tgt
     hs, refs, boxes = [], [], []
     ref = reference_points.astype(jnp.float32)
+    call = _layer_caller(self.remat, spatial_shapes, deterministic)
     for lid, layer in enumerate(self.layers):
       scale = ratios if ref.shape[-1] == 2 else jnp.concatenate([ratios, ratios], axis=-1)
       ref_input = ref[:, :, None] * scale[:, None]
-      output = layer(output, query_pos, ref_input, memory, spatial_shapes, padding_mask,
-                     deterministic=deterministic, rngs=rngs)
+      output = call(layer, output, query_pos, ref_input, memory, padding_mask, rngs)
       hs.append(output)
       refs.append(_pad_reference(ref))
       if bbox_embed is not None:
@@ -368,11 +382,16 @@ class DeformableTransformer(nnx.Module):
   def __init__(self, d_model: int = 256, nhead: int = 8, num_encoder_layers: int = 6, num_decoder_layers: int = 6,
                dim_feedforward: int = 1024, dropout: float = 0.1, num_feature_levels: int = 4,
                dec_n_points: int = 4, enc_n_points: int = 4, *, msda_implementation: str | None = None,
-               dtype: Any = None, rngs: nnx.Rngs):
+               remat: bool = False, dtype: Any = None, rngs: nnx.Rngs):
+    """Builds the transformer (arguments as the official `DeformableTransformer`).
+
+    `remat` recomputes each encoder/decoder layer in the backward pass (jax.checkpoint) instead of storing its
+    activations; `msda_implementation` picks the MSDA kernel (None: best for the backend).
+    """
     self.d_model = d_model
     self.nhead = nhead
     common = dict(d_model=d_model, d_ffn=dim_feedforward, dropout=dropout, n_levels=num_feature_levels,
-                  n_heads=nhead, msda_implementation=msda_implementation, dtype=dtype, rngs=rngs)
+                  n_heads=nhead, msda_implementation=msda_implementation, remat=remat, dtype=dtype, rngs=rngs)
     self.encoder = DeformableTransformerEncoder(num_encoder_layers, n_points=enc_n_points, **common)
     self.decoder = DeformableTransformerDecoder(num_decoder_layers, n_points=dec_n_points, **common)
     self.level_embed = nnx.Param(jax.random.normal(rngs.params(), (num_feature_levels, d_model), jnp.float32))
