@@ -1,7 +1,6 @@
 """IDOL checkpoint conversion: parity of the whole forward with a torch CPU reference using the official key names,
 and strict failures (missing / unexpected keys, differing duplicate box heads)."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

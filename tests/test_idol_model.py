@@ -59,6 +59,11 @@ def test_outputs_on_unaligned_size_and_padding_content_is_ignored(model):
   np.testing.assert_allclose(np.asarray(out['pred_boxes'][0, ..., :2]), np.asarray(out['references'][0, ..., :2]),
                              rtol=1e-4)
 
+  last = _forward(model, images, sizes, mask_layers=(-1,))
+  assert last['pred_masks'].shape == (1, 2, Q, 18, 25)
+  np.testing.assert_allclose(np.asarray(last['pred_masks'][0]), np.asarray(out['pred_masks'][-1]), rtol=1e-5,
+                             atol=1e-5)
+
   noisy = images.copy()
   noisy[1, 41:] = rng.integers(0, 256, size=noisy[1, 41:].shape)
   noisy[1, :, 77:] = 255

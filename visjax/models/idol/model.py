@@ -19,7 +19,7 @@ image, as IDOL does), the last layer's re-ID embeddings and the references.
 
 import functools
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -149,7 +149,7 @@ class IDOL(nnx.Module):
     return x, pad_mask
 
   def __call__(self, images: jax.Array, image_size: jax.Array, *, train: bool = False,
-               rng: jax.Array | None = None) -> dict[str, jax.Array]:
+               rng: jax.Array | None = None, mask_layers: Sequence[int] | None = None) -> dict[str, jax.Array]:
     """Runs the per-frame model.
 
     Args:
@@ -158,11 +158,12 @@ class IDOL(nnx.Module):
       image_size: int `[N, 2]` unpadded `(h, w)` of each frame.
       train: enables dropout (needs `rng`).
       rng: PRNG key for dropout (used only when `train` and dropout > 0).
+      mask_layers: decoder layers whose masks are computed (e.g. `(-1,)` at inference); None = all.
 
     Returns:
       dict (all float32):
         pred_logits `[Ldec, N, Q, C]`, pred_boxes `[Ldec, N, Q, 4]` (cxcywh normalised to the unpadded image),
-        pred_masks `[Ldec, N, Q, ceil(H/4), ceil(W/4)]` mask logits at stride 4 of the input,
+        pred_masks `[len(mask_layers) or Ldec, N, Q, ceil(H/4), ceil(W/4)]` mask logits at stride 4 of the input,
         pred_embeds `[N, Q, E]` (last layer), references `[Ldec, N, Q, 4]` (reference entering each layer).
     """
     c = self.config
@@ -200,8 +201,9 @@ class IDOL(nnx.Module):
         rel_coord=c.rel_coord, dynamic_channels=c.dynamic_channels)
     if c.get('remat', False):
       mask_logits = jax.checkpoint(mask_logits)
+    layers = range(hs.shape[0]) if mask_layers is None else [range(hs.shape[0])[l] for l in mask_layers]
     masks_out = []
-    for l in range(hs.shape[0]):
+    for l in layers:
       centres = out.references[l][..., :2] * scale[:, None]
       masks_out.append(mask_logits(mask_feats, centres, self.controller(hs[l])))
     pred_masks = jnp.stack(masks_out).astype(jnp.float32)

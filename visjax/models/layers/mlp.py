@@ -20,12 +20,6 @@ def torch_default_bias_init(fan_in: int) -> nnx.Initializer:
   return init
 
 
-def torch_linear(in_features: int, out_features: int, *, dtype: Any = None, rngs: nnx.Rngs) -> nnx.Linear:
-  """An `nnx.Linear` initialised like `torch.nn.Linear`."""
-  return nnx.Linear(in_features, out_features, dtype=dtype, kernel_init=torch_default_kernel_init,
-                    bias_init=torch_default_bias_init(in_features), rngs=rngs)
-
-
 class MLP(nnx.Module):
   """`num_layers` Linear layers `input_dim -> hidden_dim -> ... -> output_dim`, ReLU after all but the last.
 

@@ -46,10 +46,9 @@ def layer_norm(dim: int, dtype: Any, rngs: nnx.Rngs) -> nnx.LayerNorm:
   return nnx.LayerNorm(dim, epsilon=1e-5, use_fast_variance=False, dtype=dtype, rngs=rngs)
 
 
-def xavier_linear(in_features: int, out_features: int, dtype: Any, rngs: nnx.Rngs,
-                  kernel_init: nnx.Initializer = _xavier) -> nnx.Linear:
+def xavier_linear(in_features: int, out_features: int, dtype: Any, rngs: nnx.Rngs) -> nnx.Linear:
   """Linear as the transformer initialises it: xavier weight (all >1-d params), torch-default bias."""
-  return nnx.Linear(in_features, out_features, dtype=dtype, kernel_init=kernel_init,
+  return nnx.Linear(in_features, out_features, dtype=dtype, kernel_init=_xavier,
                     bias_init=torch_default_bias_init(in_features), rngs=rngs)
 
 
