@@ -130,3 +130,15 @@ def test_more_decoder_layers_in_checkpoint_fail():
   model = _abstract_model(config)
   with pytest.raises(convert.ConversionError, match=r'detr\.detr\.transformer\.decoder\.layers\.1\.'):
     convert.convert(state, model, rules_idol.idol_rules(1))
+
+
+def test_official_size_r50_state_converts():
+  """The full YTVIS19 R50 architecture (6+6 layers, 300 queries, 4 levels) takes every key of the official layout."""
+  from configs import idol_ytvis19  # pylint: disable=g-import-not-at-top
+  ref = idol_ref.IDOLRef(resnet_refs.D2ResNet(50, out_features=('res2', 'res3', 'res4', 'res5')))
+  state = _state_dict(ref)
+  model = _abstract_model(idol_ytvis19.get_config().model)
+  report = convert.convert(state, model, rules_idol.idol_rules(6))
+  assert report.ok and len(report.dropped) == 6 * 3 * 2
+  assert state['detr.detr.query_embed.weight'].shape == (300, 512)
+  assert report.num_values == sum(v.size for k, v in state.items() if 'decoder.bbox_embed' not in k)
