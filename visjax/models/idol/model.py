@@ -87,7 +87,7 @@ class IDOL(nnx.Module):
                        'as the official MaskHeadSmallConv.')
     if c.d_model % 32:
       raise ValueError(f'IDOL config.model: d_model ({c.d_model}) must be a multiple of 32 (GroupNorm(32)).')
-    self.config = ml_collections.ConfigDict(c.to_dict())  # static copy
+    self.config = ml_collections.FrozenConfigDict(c)  # static (hashable) copy
     self.dtype = dtype
     self.backbone = resnet.resnet_d2(c.backbone_depth, out_features=('res3', 'res4', 'res5'),
                                      freeze_at=c.freeze_at, dtype=dtype, rngs=rngs)
