@@ -2,6 +2,7 @@
 
   python -m data_pipeline.convert --format ytvis|coco --json FILE --images DIR --out DIR --num-shards N
       [--workers K] [--split NAME] [--skip-bad] [--overwrite]
+  python -m data_pipeline.convert --verify DIR     # checksums, record counts, every frame and mask decoded
 
 The json is validated first (`ytvis_json`; a COCO instances json becomes one-frame videos, `coco_pseudo`). Videos
 are then encoded in parallel worker processes (frame bytes read as on disk, RLE decoded and re-encoded as one 1-bit
@@ -202,22 +203,48 @@ def convert(*, fmt: str, json_path: str, images_dir: str, out_dir: str, num_shar
   return tfrecord.load_manifest(out_dir)
 
 
+def verify(out_dir: str) -> tfrecord.Manifest:
+  """Checks a finished conversion: manifest, shard sizes and sha256, per-shard record counts, and every record
+  decoded (frames and masks). Raises RecordFormatError naming the shard, record and video."""
+  manifest = tfrecord.load_manifest(out_dir, verify_checksums=True)
+  tf = tfrecord.import_tf()
+  for shard in manifest.shards:
+    count = sum(1 for _ in tf.data.TFRecordDataset(shard.path))
+    if count != shard.num_records:
+      raise tfrecord.RecordFormatError(f'{shard.path}: {count} records, manifest says {shard.num_records}')
+  found = tfrecord.find_bad_record([s.path for s in manifest.shards], deep=True)
+  if found is not None:
+    path, index, message = found
+    raise tfrecord.RecordFormatError(f'{path}: record {index}: {message}')
+  return manifest
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
-  parser.add_argument('--format', choices=('ytvis', 'coco'), required=True,
+  parser.add_argument('--format', choices=('ytvis', 'coco'),
                       help='ytvis: YouTube-VIS 2019/2021 or OVIS json; coco: COCO instances json')
-  parser.add_argument('--json', required=True, help='annotation json')
-  parser.add_argument('--images', required=True, help='frames root (file_names are relative to it)')
-  parser.add_argument('--out', required=True, help='output directory for shards and manifest.json')
-  parser.add_argument('--num-shards', type=int, required=True)
+  parser.add_argument('--json', help='annotation json')
+  parser.add_argument('--images', help='frames root (file_names are relative to it)')
+  parser.add_argument('--out', help='output directory for shards and manifest.json')
+  parser.add_argument('--num-shards', type=int)
   parser.add_argument('--workers', type=int, default=min(8, os.cpu_count() or 1))
   parser.add_argument('--split', default=None, help='shard name prefix (default: the json file stem)')
   parser.add_argument('--skip-bad', action='store_true', help='skip videos with a bad frame, log the count')
   parser.add_argument('--overwrite', action='store_true', help='replace a finished conversion in --out')
   parser.add_argument('--no-progress', action='store_true')
+  parser.add_argument('--verify', metavar='DIR', help='only check a finished conversion (checksums, full decode)')
   args = parser.parse_args(argv)
+  if not args.verify:
+    missing = [f'--{k.replace("_", "-")}' for k in ('format', 'json', 'images', 'out', 'num_shards')
+               if getattr(args, k) is None]
+    if missing:
+      parser.error(f'the following arguments are required: {", ".join(missing)}')
   logging.basicConfig(level=logging.INFO, format='%(levelname)s: %(message)s')
   try:
+    if args.verify:
+      manifest = verify(args.verify)
+      print(f'{args.verify}: OK, {manifest.num_videos} videos in {len(manifest.shards)} shards')
+      return 0
     manifest = convert(fmt=args.format, json_path=args.json, images_dir=args.images, out_dir=args.out,
                        num_shards=args.num_shards, workers=args.workers, split=args.split,
                        skip_bad=args.skip_bad, overwrite=args.overwrite, progress=not args.no_progress)

@@ -406,7 +406,11 @@ class TrainIterator:
 
 def _diagnose(paths: Sequence[str], error) -> tfrecord.RecordFormatError:
   """Turns a TF error from the input pipeline into a RecordFormatError naming the bad shard/record if it finds one."""
-  found = tfrecord.find_corrupt_shard(paths)
+  found = tfrecord.find_bad_record(paths)
+  if found is None and isinstance(error, tfrecord.import_tf().errors.InvalidArgumentError):
+    logging.error('input pipeline failed (%s); decoding every record of %d shard(s) to locate it',
+                  tfrecord.error_text(error), len(paths))
+    found = tfrecord.find_bad_record(paths, deep=True)
   if found is not None:
     path, index, message = found
     return tfrecord.RecordFormatError(f'{path}: record {index}: {message}')

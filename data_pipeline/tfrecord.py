@@ -375,14 +375,26 @@ def error_text(error) -> str:
   return text.strip()[:600]
 
 
-def find_corrupt_shard(paths: Sequence[str]) -> tuple[str, int, str] | None:
-  """Scans shards record by record (CRC-checked and parsed); returns (path, record index, error) of the first bad one."""
+def find_bad_record(paths: Sequence[str], *, deep: bool = False) -> tuple[str, int, str] | None:
+  """Scans shards record by record; returns (path, record index, error) of the first bad record, or None.
+
+  Every record is CRC-checked and parsed; with `deep`, its frames and masks are also decoded and their sizes checked
+  (the error then names the video id and name).
+  """
   tf = import_tf()
   for path in paths:
     index = 0
     try:
       for serialized in tf.data.TFRecordDataset(path):
-        parse_video(serialized)
+        v = parse_video(serialized)
+        if deep:
+          who = ('video id', v['video_id'], v['name'])
+          if int(v['num_frames']) == 0:
+            return path, index, f'empty video id={int(v["video_id"])} (no frames)'
+          for t in range(int(v['num_frames'])):
+            decode_frame(v['encoded'][t], v['height'], v['width'], *who)
+          if int(tf.size(v['mask_png'])):
+            decode_masks(v['mask_png'], v['height'], v['width'], *who)
         index += 1
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError) as e:
       return path, index, error_text(e)

@@ -218,6 +218,10 @@ def test_existing_output_and_truncated_shard(converted, synthetic_paths, tmp_pat
     f.truncate(os.path.getsize(shard) - 10)
   with pytest.raises(tfrecord.RecordFormatError, match=os.path.basename(shard) + '.*truncated'):
     tfrecord.load_manifest(str(out))
+  assert convert.main(['--verify', str(out)]) == 2
+  assert os.path.basename(shard) in _one_error_line(capsys)
+  assert convert.main(['--verify', converted]) == 0
+  assert 'OK' in capsys.readouterr().out
   # A manifest of another format version is refused.
   manifest_path = os.path.join(converted, tfrecord.MANIFEST_NAME)
   with open(manifest_path) as f:

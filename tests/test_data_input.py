@@ -368,6 +368,14 @@ def test_bad_records_fail_with_video_named(tmp_path):
   with pytest.raises(tfrecord.RecordFormatError, match='mask PNG size.*77.*bad_mask'):
     next(it)
 
+  broken = dataclasses.replace(bad_mask, video_id=79, name='broken_png', tracks=[
+      dataclasses.replace(track, mask_pngs=[b'not a png', tfrecord.encode_mask_png(mask)])])
+  root = str(tmp_path / 'broken')
+  _write_records(root, [broken])
+  it = input_lib.TrainIterator(_spec(root, 'idol', batch_size=1, shuffle_buffer=1, min_sizes=(32,), max_size=64))
+  with pytest.raises(tfrecord.RecordFormatError, match='bad-00000-of-00001.tfrecord: record 0'):
+    next(it)
+
   empty = tfrecord.VideoPayload(video_id=78, name='empty', height=40, width=50, filenames=[], frames=[], tracks=[])
   root = str(tmp_path / 'empty')
   _write_records(root, [empty])
