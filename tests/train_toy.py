@@ -53,6 +53,23 @@ def get_config() -> ml_collections.ConfigDict:
   return c
 
 
+def idol_tiny_config() -> ml_collections.ConfigDict:
+  """configs/idol_tiny.py fed by this module's deterministic batches (64×64 clips of 2 frames, 8 per step)."""
+  from configs import idol_tiny  # pylint: disable=g-import-not-at-top
+  c = idol_tiny.get_config()
+  c.input.source = 'tests.train_toy'
+  c.input.batch_size = 8
+  c.input.max_instances = 3
+  c.input.size = (64, 64)
+  c.dataset.category_ids = tuple(range(1, c.dataset.num_classes + 1))
+  c.train.num_steps = 3
+  c.train.log_every = 1
+  c.train.checkpoint_every = 100
+  c.toy_kill_at_batch = -1
+  c.toy_eval_videos = 1
+  return c
+
+
 class Calls(nnx.BatchStat):
   pass
 
@@ -141,7 +158,7 @@ def conversion_rules(config: ml_collections.ConfigDict):
 
 
 def _example(index: int, config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
-  """Clip `index` of the toy dataset: squares of class-dependent colour on noise, as a batch row."""
+  """Clip `index` of the toy dataset: squares of class-dependent colour on noise, as a batch row (§1 format)."""
   rng = np.random.default_rng([config.seed, index])
   t, n = config.input.clip_len, config.input.max_instances
   h, w = config.input.size
@@ -155,9 +172,14 @@ def _example(index: int, config: ml_collections.ConfigDict) -> dict[str, np.ndar
     masks[:, k, y:y + 5, x:x + 5] = 1
     image[:, y:y + 5, x:x + 5] = 80 + 40 * labels[k]
   present = masks.reshape(t, n, -1).any(-1)
+  boxes = np.zeros((t, n, 4), np.float32)
+  for k in range(count):
+    ys, xs = np.nonzero(masks[0, k])
+    boxes[:, k] = ((xs.min() + xs.max() + 1) / 2 / w, (ys.min() + ys.max() + 1) / 2 / h,
+                   (xs.max() + 1 - xs.min()) / w, (ys.max() + 1 - ys.min()) / h)
   return {
       'image': image, 'image_size': np.full((t, 2), (h, w), np.int32),
-      'boxes': np.zeros((t, n, 4), np.float32), 'masks': masks, 'present': present,
+      'boxes': boxes, 'masks': masks, 'present': present,
       'labels': labels, 'track_ids': np.where(labels >= 0, np.arange(n), -1).astype(np.int32),
       'instance_valid': labels >= 0, 'is_crowd': np.zeros((n,), bool),
       'video_id': np.int32(index), 'frame_index': np.arange(t, dtype=np.int32)}
