@@ -47,7 +47,8 @@ def test_values_land_transposed(sd):
   report = convert.convert(sd, model, convert.resnet_d2_rules('', ''))
   assert report.ok and len(report.loaded) == R18_KEYS and report.num_values == sum(v.size for v in sd.values())
   np.testing.assert_array_equal(_value(model, 'res3.0.conv2.kernel'), sd['res3.0.conv2.weight'].transpose(2, 3, 1, 0))
-  np.testing.assert_array_equal(_value(model, 'res4.0.shortcut.norm.running_var'), sd['res4.0.shortcut.norm.running_var'])
+  key = 'res4.0.shortcut.norm.running_var'
+  np.testing.assert_array_equal(_value(model, key), sd[key])
 
 
 def test_wrappers_and_module_prefix_are_unwrapped(sd):
@@ -145,7 +146,8 @@ def test_safetensors_round_trip_and_bf16(tmp_path):
   raw = (vals.view(np.uint32) >> 16).astype('<u2').tobytes()
   header = ('{"w":{"dtype":"BF16","shape":[4],"data_offsets":[0,%d]}}' % len(raw)).encode()
   path.write_bytes(len(header).to_bytes(8, 'little') + header + raw)
-  np.testing.assert_array_equal(convert.read_safetensors(path)['w'], (vals.view(np.uint32) >> 16 << 16).view(np.float32))
+  truncated = (vals.view(np.uint32) >> 16 << 16).view(np.float32)
+  np.testing.assert_array_equal(convert.read_safetensors(path)['w'], truncated)
   path.write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ')
   with pytest.raises(convert.CheckpointFormatError, match='x.safetensors.*JSON'):
     convert.read_safetensors(path)

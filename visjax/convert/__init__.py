@@ -10,7 +10,8 @@ Typical use (a head adds its own table next to the backbone's):
 Stable API: `load_state_dict`, `unwrap_state_dict`, `read_safetensors`, `write_safetensors`; `Rule`, `drop`,
 `RuleTable`, transforms (`identity`, `conv_kernel`, `linear_kernel`, `split`, `chunks`, `reshape`, `chain`);
 `convert`, `ConversionReport`, `ConversionError`, `Issue`; `save_converted`, `load_converted`;
-`resnet_d2_rules`, `resnet_tv_rules`, `resnet_tv_to_d2_rules`, `swin_rules`. torch is imported only when a .pth file is read.
+`resnet_d2_rules`, `resnet_tv_rules`, `resnet_tv_to_d2_rules`, `swin_rules`.
+torch is imported only when a .pth file is read.
 """
 
 from visjax.convert.backbone_rules import resnet_d2_rules, resnet_tv_rules, resnet_tv_to_d2_rules, swin_rules
