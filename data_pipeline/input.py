@@ -438,7 +438,8 @@ def make_train_iterator(config, *, process_index: int = 0, process_count: int = 
   roots = config.dataset.tfrecords
   roots = tuple(r.strip() for r in roots.split(',') if r.strip()) if isinstance(roots, str) else tuple(roots)
   spec = TrainSpec(
-      root=roots, ratios=tuple(inp.get('dataset_ratios', ()) or ()), method=config.method, batch_size=inp.batch_size // process_count,
+      root=roots, ratios=tuple(inp.get('dataset_ratios', ()) or ()), method=config.method,
+      batch_size=inp.batch_size // process_count,
       max_instances=inp.max_instances, min_sizes=tuple(inp.min_size_train), max_size=inp.max_size_train,
       size_buckets=tuple(tuple(b) for b in inp.size_buckets), size_divisibility=inp.size_divisibility,
       clip_len=inp.clip_len, frame_range=inp.get('sampling_frame_range', None), seed=config.seed,

@@ -1,6 +1,7 @@
 """tf.data training clips and eval videos (data_pipeline.input, data_pipeline.augment) on the synthetic set."""
 
 import dataclasses
+import io
 import json
 import os
 import shutil
@@ -161,8 +162,6 @@ def test_augmentation_keeps_frames_and_masks_aligned(method, pseudo):
 
 
 def test_resize_matches_detectron2_rule():
-  tf = tfrecord.import_tf()
-  del tf
   for (h, w, short, max_size), expected in [((720, 1280, 360, 1333), (360, 640)), ((720, 1280, 640, 768), (432, 768)),
                                             ((1280, 720, 480, 1333), (853, 480)), ((500, 333, 800, 1333), (1201, 800))]:
     got = tuple(int(x) for x in augment.shortest_edge_size(h, w, float(short), float(max_size)))
@@ -348,7 +347,6 @@ def _write_records(root, payloads, fmt='ytvis'):
 
 
 def _frame_bytes(h, w):
-  import io  # pylint: disable=g-import-not-at-top
   buf = io.BytesIO()
   Image.fromarray(np.full((h, w, 3), 128, np.uint8)).save(buf, format='JPEG')
   return buf.getvalue()
