@@ -67,9 +67,11 @@ def test_hungarian_batched_and_vmap():
                                  cost[i, j][r, c].sum(), rtol=1e-5)
 
 
-def test_hungarian_bad_shape():
+def test_hungarian_bad_input():
   with pytest.raises(ValueError, match=r'\[\.\.\., N, M\]'):
     hungarian_match(jnp.zeros(5))
+  with pytest.raises(ValueError, match='inf/nan'):
+    hungarian_match(jnp.array([[0., jnp.inf], [1., 2.]]))
 
 
 # ------------------------------------------------------------------------------------------------------------------

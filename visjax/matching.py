@@ -102,7 +102,8 @@ def hungarian_match(cost: jax.Array) -> tuple[jax.Array, jax.Array]:
 
   Args:
     cost: `[..., N, M]` finite costs (float or int; ints are solved in float32, exact below 2**24). Leading
-      dimensions are batch dimensions.
+      dimensions are batch dimensions. Non-finite entries raise ValueError when called eagerly (under jit they
+      are the caller's responsibility).
 
   Returns:
     `(rows, cols)`, each int32 `[..., min(N, M)]`: row `rows[k]` is assigned column `cols[k]`; rows ascending.
@@ -113,6 +114,8 @@ def hungarian_match(cost: jax.Array) -> tuple[jax.Array, jax.Array]:
     raise ValueError(f'hungarian_match: cost must have shape [..., N, M], got shape {cost.shape}.')
   if not jnp.issubdtype(cost.dtype, jnp.floating):
     cost = cost.astype(jnp.float32)
+  if not isinstance(cost, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(cost))):
+    raise ValueError('hungarian_match: cost has inf/nan entries; use a large finite penalty instead.')
   n, m = cost.shape[-2:]
   if min(n, m) == 0:
     empty = jnp.zeros(cost.shape[:-2] + (0,), jnp.int32)
