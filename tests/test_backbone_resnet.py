@@ -148,3 +148,17 @@ def test_jit_matches_eager():
   out, eager = fwd(state, x), model(x)
   for k in eager:
     np.testing.assert_allclose(out[k], eager[k], rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_compute_close_to_float32():
+  ref = resnet_refs.randomize_(resnet_refs.D2ResNet(18), seed=2)
+  full = nnx.eval_shape(lambda: resnet_d2(18, rngs=nnx.Rngs(0)))
+  low = nnx.eval_shape(lambda: resnet_d2(18, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)))
+  for model in (full, low):
+    convert.convert(ref.state_dict(), model, convert.resnet_d2_rules('', ''))
+  assert low.res3[0].conv1.kernel.get_value().dtype == jnp.float32  # params stay fp32
+  x = jnp.asarray(_image(1, 32, 32))
+  a, b = full(x), low(x)
+  for name in a:
+    assert b[name].dtype == jnp.bfloat16
+    assert parity.rel_err(np.asarray(b[name], np.float32), np.asarray(a[name])) < 3e-2, name

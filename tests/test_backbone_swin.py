@@ -104,3 +104,15 @@ def test_wrong_window_size_fails_loudly(pair):
   ref, model = pair
   with pytest.raises(convert.ConversionError, match='relative_position_index'):
     convert.convert(ref.state_dict(), model, convert.swin_rules('', '', window_size=12))
+
+
+def test_bfloat16_compute_close_to_float32(pair):
+  _, model = pair
+  low = nnx.eval_shape(lambda: SwinTransformer(SMALL, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)))
+  nnx.update(low, nnx.state(model))
+  low.eval()
+  x = jnp.asarray(np.random.RandomState(4).randn(1, 64, 64, 3).astype(np.float32))
+  ref, out = _forward(model, x), _forward(low, x)
+  for name in ref:
+    assert out[name].dtype == jnp.bfloat16
+    assert parity.rel_err(np.asarray(out[name], np.float32), np.asarray(ref[name])) < 3e-2, name

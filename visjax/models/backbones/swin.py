@@ -32,6 +32,7 @@ import numpy as np
 from visjax.models.layers import norms
 
 STAGE_NAMES = ('res2', 'res3', 'res4', 'res5')
+Dtype = jnp.dtype | None
 _MASK_VALUE = -100.0
 
 
@@ -93,10 +94,10 @@ def shift_attention_mask(hp: int, wp: int, window_size: int, shift_size: int) ->
   return mask
 
 
-def _linear(din: int, dout: int, *, use_bias: bool = True, rngs: nnx.Rngs) -> nnx.Linear:
+def _linear(din: int, dout: int, *, use_bias: bool = True, dtype: Dtype, rngs: nnx.Rngs) -> nnx.Linear:
   """torch-like Linear; init trunc_normal(0.02), zero bias (the reference's `_init_weights`)."""
   return nnx.Linear(din, dout, use_bias=use_bias, kernel_init=nnx.initializers.truncated_normal(0.02),
-                    rngs=rngs)
+                    dtype=dtype, rngs=rngs)
 
 
 class WindowAttention(nnx.Module):
@@ -106,7 +107,8 @@ class WindowAttention(nnx.Module):
   `relative_position_bias_table [(2w-1)^2, heads]`.
   """
 
-  def __init__(self, dim: int, window_size: int, num_heads: int, *, qkv_bias: bool, rngs: nnx.Rngs):
+  def __init__(self, dim: int, window_size: int, num_heads: int, *, qkv_bias: bool, dtype: Dtype,
+               rngs: nnx.Rngs):
     if dim % num_heads:
       raise ValueError(f'dim {dim} is not divisible by num_heads {num_heads}')
     self.window_size = window_size
@@ -114,8 +116,8 @@ class WindowAttention(nnx.Module):
     self.scale = (dim // num_heads)**-0.5
     self.relative_position_bias_table = nnx.Param(nnx.initializers.truncated_normal(0.02)(
         rngs.params(), ((2 * window_size - 1)**2, num_heads)))
-    self.qkv = _linear(dim, 3 * dim, use_bias=qkv_bias, rngs=rngs)
-    self.proj = _linear(dim, dim, rngs=rngs)
+    self.qkv = _linear(dim, 3 * dim, use_bias=qkv_bias, dtype=dtype, rngs=rngs)
+    self.proj = _linear(dim, dim, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, mask: np.ndarray | None = None) -> jax.Array:
     """`x [B * nW, N, C]` (N = w*w), optional additive `mask [nW, N, N]` -> `[B * nW, N, C]`."""
@@ -131,7 +133,7 @@ class WindowAttention(nnx.Module):
       nw = mask.shape[0]
       attn = attn.reshape(bw // nw, nw, h, n, n) + jnp.asarray(mask, attn.dtype)[None, :, None]
       attn = attn.reshape(bw, h, n, n)
-    attn = jax.nn.softmax(attn, axis=-1)
+    attn = jax.nn.softmax(attn.astype(jnp.float32), axis=-1).astype(v.dtype)  # softmax in fp32
     out = (attn @ v).transpose(0, 2, 1, 3).reshape(bw, n, c)
     return self.proj(out)
 
@@ -139,9 +141,9 @@ class WindowAttention(nnx.Module):
 class Mlp(nnx.Module):
   """`fc1` -> exact GELU -> `fc2`."""
 
-  def __init__(self, dim: int, hidden: int, *, rngs: nnx.Rngs):
-    self.fc1 = _linear(dim, hidden, rngs=rngs)
-    self.fc2 = _linear(hidden, dim, rngs=rngs)
+  def __init__(self, dim: int, hidden: int, *, dtype: Dtype, rngs: nnx.Rngs):
+    self.fc1 = _linear(dim, hidden, dtype=dtype, rngs=rngs)
+    self.fc2 = _linear(hidden, dim, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
@@ -157,14 +159,14 @@ class SwinBlock(nnx.Module):
   `SwinTransformerBlock`)."""
 
   def __init__(self, dim: int, num_heads: int, *, window_size: int, shift_size: int, mlp_ratio: float,
-               qkv_bias: bool, drop_path: float, rngs: nnx.Rngs):
+               qkv_bias: bool, drop_path: float, dtype: Dtype, rngs: nnx.Rngs):
     self.window_size = window_size
     self.shift_size = shift_size
-    self.norm1 = norms.layer_norm(dim, rngs=rngs)
-    self.attn = WindowAttention(dim, window_size, num_heads, qkv_bias=qkv_bias, rngs=rngs)
+    self.norm1 = norms.layer_norm(dim, dtype=dtype, rngs=rngs)
+    self.attn = WindowAttention(dim, window_size, num_heads, qkv_bias=qkv_bias, dtype=dtype, rngs=rngs)
     self.drop_path = _drop_path(drop_path, rngs)
-    self.norm2 = norms.layer_norm(dim, rngs=rngs)
-    self.mlp = Mlp(dim, int(dim * mlp_ratio), rngs=rngs)
+    self.norm2 = norms.layer_norm(dim, dtype=dtype, rngs=rngs)
+    self.mlp = Mlp(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
 
   def _residual(self, x: jax.Array) -> jax.Array:
     return x if self.drop_path is None else self.drop_path(x)
@@ -194,9 +196,9 @@ class PatchMerging(nnx.Module):
   """2x2 patch merging: pad odd sizes, concat [x(0,0), x(1,0), x(0,1), x(1,1)] -> `norm` (4C) -> `reduction`
   (4C -> 2C, no bias)."""
 
-  def __init__(self, dim: int, *, rngs: nnx.Rngs):
-    self.norm = norms.layer_norm(4 * dim, rngs=rngs)
-    self.reduction = _linear(4 * dim, 2 * dim, use_bias=False, rngs=rngs)
+  def __init__(self, dim: int, *, dtype: Dtype, rngs: nnx.Rngs):
+    self.norm = norms.layer_norm(4 * dim, dtype=dtype, rngs=rngs)
+    self.reduction = _linear(4 * dim, 2 * dim, use_bias=False, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, hw: tuple[int, int]) -> jax.Array:
     """`x [B, H*W, C]` -> `[B, ceil(H/2) * ceil(W/2), 2C]`."""
@@ -211,12 +213,12 @@ class BasicLayer(nnx.Module):
   """One stage: `blocks` (even index: regular windows, odd: shifted) and an optional `downsample`."""
 
   def __init__(self, dim: int, depth: int, num_heads: int, *, window_size: int, mlp_ratio: float,
-               qkv_bias: bool, drop_path: Sequence[float], downsample: bool, rngs: nnx.Rngs):
+               qkv_bias: bool, drop_path: Sequence[float], downsample: bool, dtype: Dtype, rngs: nnx.Rngs):
     self.blocks = nnx.List([
         SwinBlock(dim, num_heads, window_size=window_size, shift_size=0 if i % 2 == 0 else window_size // 2,
-                  mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path=drop_path[i], rngs=rngs)
+                  mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path=drop_path[i], dtype=dtype, rngs=rngs)
         for i in range(depth)])
-    self.downsample = PatchMerging(dim, rngs=rngs) if downsample else None
+    self.downsample = PatchMerging(dim, dtype=dtype, rngs=rngs) if downsample else None
 
   def __call__(self, x: jax.Array, hw: tuple[int, int]):
     """Returns (stage output `[B, H*W, C]`, next-stage input, next-stage `(H, W)`)."""
@@ -230,11 +232,11 @@ class BasicLayer(nnx.Module):
 class PatchEmbed(nnx.Module):
   """`proj` (patch x patch conv, stride patch, with bias) then optional `norm` (LayerNorm)."""
 
-  def __init__(self, patch_size: int, embed_dim: int, *, patch_norm: bool, rngs: nnx.Rngs):
+  def __init__(self, patch_size: int, embed_dim: int, *, patch_norm: bool, dtype: Dtype, rngs: nnx.Rngs):
     self.patch_size = patch_size
     self.proj = nnx.Conv(3, embed_dim, (patch_size, patch_size), strides=(patch_size, patch_size),
-                         padding='VALID', rngs=rngs)
-    self.norm = norms.layer_norm(embed_dim, rngs=rngs) if patch_norm else None
+                         padding='VALID', dtype=dtype, rngs=rngs)
+    self.norm = norms.layer_norm(embed_dim, dtype=dtype, rngs=rngs) if patch_norm else None
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """`x [B, H, W, 3]` -> `[B, ceil(H/p), ceil(W/p), C]`."""
@@ -248,8 +250,16 @@ class SwinTransformer(nnx.Module):
   """D2SwinTransformer (no absolute position embedding, as every Mask2Former/VITA config)."""
 
   def __init__(self, config: SwinConfig = SWIN_L, *, out_features: Sequence[str] = STAGE_NAMES,
-               rngs: nnx.Rngs):
-    """Builds the network; `config` gives the sizes (`SWIN_T`, `SWIN_S`, `SWIN_B`, `SWIN_L` or custom)."""
+               dtype: Dtype = None, rngs: nnx.Rngs):
+    """Builds the network.
+
+    Args:
+      config: sizes (`SWIN_T`, `SWIN_S`, `SWIN_B`, `SWIN_L` or custom).
+      out_features: subset of ('res2', 'res3', 'res4', 'res5') returned by `__call__`.
+      dtype: compute dtype (e.g. bfloat16; params stay float32, LayerNorm statistics and the attention softmax
+        run in float32); None computes in float32.
+      rngs: initialisation RNGs, and the `dropout` (or `default`) stream for drop path.
+    """
     num_layers = len(config.depths)
     if num_layers != 4 or len(config.num_heads) != 4:
       raise ValueError(f'Swin needs 4 stages, got depths={config.depths} num_heads={config.num_heads}')
@@ -258,17 +268,18 @@ class SwinTransformer(nnx.Module):
       raise ValueError(f'out_features must be a non-empty subset of {STAGE_NAMES}, got {tuple(out_features)}')
     self.config = config
     self.out_features = tuple(f for f in STAGE_NAMES if f in out_features)
-    self.patch_embed = PatchEmbed(config.patch_size, config.embed_dim, patch_norm=config.patch_norm, rngs=rngs)
+    self.patch_embed = PatchEmbed(config.patch_size, config.embed_dim, patch_norm=config.patch_norm, dtype=dtype,
+                                  rngs=rngs)
     rates = np.linspace(0, config.drop_path_rate, sum(config.depths)).tolist()
     starts = np.cumsum((0,) + tuple(config.depths)).tolist()
     self.num_features = tuple(config.embed_dim * 2**i for i in range(num_layers))
     self.layers = nnx.List([
         BasicLayer(self.num_features[i], config.depths[i], config.num_heads[i], window_size=config.window_size,
                    mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias,
-                   drop_path=rates[starts[i]:starts[i + 1]], downsample=i < num_layers - 1, rngs=rngs)
+                   drop_path=rates[starts[i]:starts[i + 1]], downsample=i < num_layers - 1, dtype=dtype, rngs=rngs)
         for i in range(num_layers)])
     for i in range(num_layers):  # the reference builds norm{i} for every out index (0..3 in D2Swin)
-      setattr(self, f'norm{i}', norms.layer_norm(self.num_features[i], rngs=rngs))
+      setattr(self, f'norm{i}', norms.layer_norm(self.num_features[i], dtype=dtype, rngs=rngs))
 
   def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
     """`x [N, H, W, 3]` (normalised) -> {name: `[N, h, w, C_i]`} for the names in `out_features`."""

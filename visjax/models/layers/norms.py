@@ -73,9 +73,13 @@ class BatchNorm2d(nnx.Module):
     return x * scale.astype(x.dtype) + shift.astype(x.dtype)
 
 
-def layer_norm(num_features: int, *, rngs: nnx.Rngs, eps: float = TORCH_EPS) -> nnx.LayerNorm:
-  """torch `nn.LayerNorm` over the last axis: eps 1e-5 and two-pass variance. Variables `scale`, `bias` `[C]`."""
-  return nnx.LayerNorm(num_features, epsilon=eps, use_fast_variance=False, rngs=rngs)
+def layer_norm(num_features: int, *, rngs: nnx.Rngs, eps: float = TORCH_EPS,
+               dtype: jnp.dtype | None = None) -> nnx.LayerNorm:
+  """torch `nn.LayerNorm` over the last axis: eps 1e-5 and two-pass variance. Variables `scale`, `bias` `[C]`.
+
+  `dtype` is the output/compute dtype (statistics are computed in at least float32); params stay float32.
+  """
+  return nnx.LayerNorm(num_features, epsilon=eps, use_fast_variance=False, dtype=dtype, rngs=rngs)
 
 
 def freeze(module: nnx.Module) -> nnx.Module:
