@@ -102,13 +102,19 @@ def test_allow_lists(sd):
 def test_drop_rules_checks_and_duplicates(sd):
   model = resnet_d2(18, rngs=nnx.Rngs(1))
   sd = dict(sd, **{'res2.0.conv1.norm.num_batches_tracked': np.array(5), 'dup.weight': sd['stem.conv1.weight']})
-  same_as_stem = lambda key, a: None if np.array_equal(a, sd['stem.conv1.weight']) else 'differs from stem'
-  rules = convert.resnet_d2_rules('', '') + [convert.drop(r'dup\.weight', same_as_stem)]
+  rules = convert.resnet_d2_rules('', '') + [convert.duplicate(r'dup\.(weight)', r'stem.conv1.\1')]
   report = convert.convert(sd, model, rules)
   assert sorted(report.dropped) == ['dup.weight', 'res2.0.conv1.norm.num_batches_tracked']
   sd['dup.weight'] = sd['dup.weight'] + 1
-  with pytest.raises(convert.ConversionError, match='dup.weight.*differs from stem'):
+  with pytest.raises(convert.ConversionError, match="dup.weight: .*duplicate of 'stem.conv1.weight'.*differ"):
     convert.convert(sd, model, rules)
+  no_original = {k: v for k, v in sd.items() if k != 'stem.conv1.weight'}
+  with pytest.raises(convert.ConversionError, match='not in the checkpoint'):
+    convert.convert(no_original, model, rules, allow_missing=[r'stem\.conv1\.kernel'])
+  positive = lambda key, a: None if (a > 0).all() else 'has non-positive values'
+  with pytest.raises(convert.ConversionError, match='res2.0.conv1.norm.running_var: .*non-positive'):
+    convert.convert(dict(sd, **{'res2.0.conv1.norm.running_var': -sd['res2.0.conv1.norm.running_var']}), model,
+                    [convert.drop(r'.*running_var', positive)] + rules, allow_missing=[r'.*running_var'])
   twice = convert.RuleTable([convert.Rule(r'res2\.0\.conv1\.norm\.(weight|bias)', 'res2.0.conv1.norm.weight')])
   with pytest.raises(convert.ConversionError, match='already written'):
     convert.convert(sd, model, twice + convert.resnet_d2_rules('', ''))

@@ -87,13 +87,15 @@ class Rule:
       drop the key.
     transform: layout transform (see module docstring); ignored for drop rules.
     check: for drop rules, an optional `check(key, array) -> error message | None` that validates the dropped
-      tensor (e.g. that a duplicate equals its original, or a buffer equals its recomputed value).
+      tensor (e.g. that a buffer equals its recomputed value).
+    same_as: for drop rules, a template naming the torch key this one duplicates (see `duplicate`).
   """
 
   pattern: str
   target: str | tuple[str, ...] | None
   transform: Transform = identity
   check: Check | None = None
+  same_as: str | None = None
 
   def __post_init__(self):
     object.__setattr__(self, '_regex', re.compile(self.pattern))
@@ -112,6 +114,14 @@ class Rule:
 def drop(pattern: str, check: Check | None = None) -> Rule:
   """A rule that discards matching keys (after the optional `check`)."""
   return Rule(pattern, None, identity, check)
+
+
+def duplicate(pattern: str, original: str) -> Rule:
+  r"""Drops keys that duplicate another key (template `original`), failing unless both exist and are equal.
+
+  E.g. IDOL's `duplicate(r'detr\.detr\.transformer\.decoder\.bbox_embed\.(.*)', r'detr.detr.bbox_embed.\1')`.
+  """
+  return Rule(pattern, None, identity, None, original)
 
 
 class RuleTable(Sequence):

@@ -169,6 +169,12 @@ def convert(state_dict: Mapping[str, Any] | str | os.PathLike, model: nnx.Module
     paths = rule.targets(m)
     if not paths:
       message = rule.check(key, array) if rule.check is not None else None
+      if rule.same_as is not None:
+        original = m.expand(rule.same_as)
+        if original not in state_dict:
+          message = f'duplicate of {original!r}, which is not in the checkpoint'
+        elif not np.array_equal(state_dict[original], array):
+          message = f'duplicate of {original!r} but the values differ'
       if message:
         report.errors.append(Issue(key, None, f'dropped key failed its check: {message}'))
       else:
