@@ -132,6 +132,10 @@ def test_transforms():
     convert.split(3)(np.zeros((4, 2)))
   with pytest.raises(ValueError, match='linear weight'):
     convert.linear_kernel(np.zeros((2, 2, 2)))
+  for key in ('criterion.empty_weight', 'vita_criterion.empty_weight', 'a.bn1.num_batches_tracked'):
+    rule, _ = convert.COMMON_DROPS.find(key)
+    assert rule.target is None
+  assert convert.COMMON_DROPS.find('sem_seg_head.predictor.class_embed.weight') is None
   table = convert.RuleTable([convert.Rule(r'a\.(\d+)', r'b.\1'), convert.Rule(r'a\..*', 'c')])
   rule, m = table.find('a.7')
   assert rule.targets(m) == ('b.7',) and table.find('z') is None

@@ -2,8 +2,8 @@
 
 A `Rule` maps every torch key that `re.fullmatch`es its `pattern` to one NNX state path (a dotted string such as
 `res2.0.conv1.norm.weight`, i.e. the NNX path `('res2', 0, 'conv1', 'norm', 'weight')` joined by '.'), or to
-several (fused tensors such as `in_proj_weight`), or to none (`drop`: known duplicates, criterion buffers,
-`num_batches_tracked`). Targets are `re.Match.expand` templates (`\\1`, `\\g<name>`). In a `RuleTable` the first
+several (fused tensors such as `in_proj_weight`), or to none (`drop`: criterion buffers, `num_batches_tracked`;
+`duplicate`: known duplicates, verified equal to their original; `COMMON_DROPS` has the usual ones). Targets are `re.Match.expand` templates (`\\1`, `\\g<name>`). In a `RuleTable` the first
 matching rule wins, so put specific rules before general ones.
 
 Transforms are plain functions `np.ndarray -> np.ndarray` (or a tuple of arrays, one per target):
@@ -169,3 +169,11 @@ def prefixed(torch_prefix: str, nnx_prefix: str) -> tuple[str, str]:
   tp = torch_prefix if not torch_prefix or torch_prefix.endswith('.') else torch_prefix + '.'
   np_ = nnx_prefix if not nnx_prefix or nnx_prefix.endswith('.') else nnx_prefix + '.'
   return re.escape(tp), np_.replace('\\', '\\\\')
+
+
+# Keys every official checkpoint family may carry that no model variable corresponds to: BatchNorm step counters
+# and the loss modules' persistent buffers (`criterion.empty_weight`, `vita_criterion.empty_weight`).
+COMMON_DROPS = RuleTable([
+    drop(r'(?:.*\.)?num_batches_tracked'),
+    drop(r'(?:.*\.)?(?:vita_)?criterion\..*'),
+])
