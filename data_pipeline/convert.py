@@ -1,7 +1,7 @@
 """Convert YouTube-VIS / OVIS / COCO annotations and frames into visjax TFRecord shards.
 
   python -m data_pipeline.convert --format ytvis|coco --json FILE --images DIR --out DIR --num-shards N
-      [--workers K] [--split NAME] [--skip-bad] [--overwrite]
+      [--workers K] [--split NAME] [--skip-bad] [--overwrite] [--window W]
   python -m data_pipeline.convert --verify DIR     # checksums, record counts, every frame and mask decoded
 
 The json is validated first (`ytvis_json`; a COCO instances json becomes one-frame videos, `coco_pseudo`). Videos
@@ -101,11 +101,17 @@ def _remove_previous(out_dir: str, overwrite: bool) -> None:
 
 
 def convert(*, fmt: str, json_path: str, images_dir: str, out_dir: str, num_shards: int, workers: int = 1,
-            split: str | None = None, skip_bad: bool = False, overwrite: bool = False,
+            split: str | None = None, skip_bad: bool = False, overwrite: bool = False, window: int = 0,
             progress: bool = True) -> tfrecord.Manifest:
-  """Runs the conversion (see the module docstring) and returns the loaded manifest."""
+  """Runs the conversion (see the module docstring) and returns the loaded manifest.
+
+  `window` > 0 writes each video as records of at most that many frames (training on long videos; eval input
+  needs whole-video records).
+  """
   if num_shards < 1:
     raise ConvertError(f'--num-shards must be >= 1, got {num_shards}')
+  if window < 0:
+    raise ConvertError(f'--window must be >= 0, got {window}')
   if not os.path.isfile(json_path):
     raise ConvertError(f'{json_path}: annotation file not found')
   if not os.path.isdir(images_dir):
@@ -143,7 +149,7 @@ def convert(*, fmt: str, json_path: str, images_dir: str, out_dir: str, num_shar
       from tqdm import tqdm  # pylint: disable=g-import-not-at-top
       results = tqdm(results, total=len(jobs), desc=f'convert {split}', unit='video', file=sys.stderr)
     writers = []  # Opened at the first good video, so input errors stop the run before TensorFlow loads.
-    written = 0
+    written = num_records = 0
     for position, payload in results:
       if isinstance(payload, str):
         if not skip_bad:
@@ -153,9 +159,11 @@ def convert(*, fmt: str, json_path: str, images_dir: str, out_dir: str, num_shar
       if not writers:
         tf = tfrecord.import_tf()
         writers = [tf.io.TFRecordWriter(p) for p in tmp_paths]
-      shard = written % num_shards
-      writers[shard].write(tfrecord.serialize_video(payload))
-      counts[shard] += 1
+      for record in payload.windows(window):
+        shard = num_records % num_shards
+        writers[shard].write(tfrecord.serialize_video(record))
+        counts[shard] += 1
+        num_records += 1
       written += 1
       stats['num_frames'] += payload.num_frames
       stats['num_tracks'] += len(payload.tracks)
@@ -190,6 +198,8 @@ def convert(*, fmt: str, json_path: str, images_dir: str, out_dir: str, num_shar
       'images_dir': os.path.abspath(images_dir),
       'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
       'num_videos': written,
+      'num_records': num_records,
+      'window': window,
       **stats,
       'num_images_without_annotations_dropped': dropped_empty,
       'categories': table.to_json(),
@@ -231,6 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--split', default=None, help='shard name prefix (default: the json file stem)')
   parser.add_argument('--skip-bad', action='store_true', help='skip videos with a bad frame, log the count')
   parser.add_argument('--overwrite', action='store_true', help='replace a finished conversion in --out')
+  parser.add_argument('--window', type=int, default=0,
+                      help='split videos into records of at most this many frames (training only; 0: whole videos)')
   parser.add_argument('--no-progress', action='store_true')
   parser.add_argument('--verify', metavar='DIR', help='only check a finished conversion (checksums, full decode)')
   args = parser.parse_args(argv)
@@ -247,7 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       return 0
     manifest = convert(fmt=args.format, json_path=args.json, images_dir=args.images, out_dir=args.out,
                        num_shards=args.num_shards, workers=args.workers, split=args.split,
-                       skip_bad=args.skip_bad, overwrite=args.overwrite, progress=not args.no_progress)
+                       skip_bad=args.skip_bad, overwrite=args.overwrite, window=args.window,
+                       progress=not args.no_progress)
   except (ConvertError, ytvis_json.DatasetFormatError, tfrecord.RecordFormatError, OSError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
@@ -255,7 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print('error: interrupted; no manifest written, the output directory is not a finished conversion',
           file=sys.stderr)
     return 130
-  print(f'wrote {manifest.num_videos} videos in {len(manifest.shards)} shards to {args.out} '
+  print(f'wrote {manifest.num_videos} videos ({manifest.num_records} records) in {len(manifest.shards)} shards to '
+        f'{args.out} '
         f'(skipped {manifest.raw["skipped"]["count"]})')
   return 0
 

@@ -79,7 +79,7 @@ def plan_process_shard(manifest: tfrecord.Manifest, process_index: int, process_
   if plan.num_records == 0:
     raise tfrecord.RecordFormatError(
         f'{manifest.root}: process {process_index} of {process_count} gets no records '
-        f'({manifest.num_videos} videos in {len(shards)} shards)')
+        f'({manifest.num_records} records in {len(shards)} shards)')
   return plan
 
 
@@ -252,7 +252,7 @@ class ClipBuilder:
         'instance_valid': tf.ensure_shape(valid, [n]),
         'is_crowd': valid & tf.gather(v['iscrowd'], index),
         'video_id': v['video_id'],
-        'frame_index': frames,
+        'frame_index': frames + v['frame_offset'],  # Index in the whole video (windowed records).
     }
 
 
@@ -525,6 +525,10 @@ def _video_chunks(serialized, resize, path, record_index, chunk_len, min_size, m
   height, width, length = int(v['height']), int(v['width']), int(v['num_frames'])
   if length == 0:
     raise tfrecord.RecordFormatError(f'{path}: record {record_index}: empty video id={int(v["video_id"])}')
+  if int(v['frame_offset']) != 0 or int(v['total_frames']) != length:
+    raise tfrecord.RecordFormatError(
+        f'{path}: record {record_index}: a window of video id={int(v["video_id"])} (converted with --window); '
+        'eval input needs whole-video records')
   new_h, new_w = (int(x) for x in augment.shortest_edge_size(height, width, float(min_size), float(max_size)))
   pad_h, pad_w = _round_up(new_h, div), _round_up(new_w, div)
   step = chunk_len if chunk_len > 0 else length

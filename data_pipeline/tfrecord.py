@@ -8,6 +8,8 @@ Context features:
   video/height        int64            frame height in pixels (all frames of a video share it)
   video/width         int64            frame width
   video/num_frames    int64            L
+  video/frame_offset  int64            index of this record's first frame in the video (0 unless windowed)
+  video/total_frames  int64            frames of the whole video (L unless windowed)
   tracks/count        int64            K
   tracks/id           int64 [K]        track (annotation) id from the json, unique within the video
   tracks/category_id  int64 [K]        json category id
@@ -20,6 +22,9 @@ Feature lists (one entry per frame, L entries each):
   frames/present      int64 [K]        1 where the track has a non-empty mask in this frame
   frames/bbox         float [4K]       json box per track, (x, y, w, h) absolute pixels; 0 where absent
   frames/mask_png     bytes [K]        per-track 1-bit PNG of the full frame (decodes to 0/255); b'' where absent
+
+A conversion with `--window W` (for training on long videos, e.g. OVIS) writes each video as consecutive records of
+at most W frames, each holding only the tracks visible in it.
 
 Shards are `<split>-SSSSS-of-NNNNN.tfrecord`; `manifest.json` (written last by the converter) lists them with record
 counts, byte sizes and sha256. Readers call `load_manifest`, which refuses a directory without a manifest and
@@ -96,10 +101,25 @@ class VideoPayload:
   filenames: Sequence[str]
   frames: Sequence[bytes]
   tracks: Sequence[TrackPayload]
+  frame_offset: int = 0
+  total_frames: int | None = None  # None: num_frames
 
   @property
   def num_frames(self) -> int:
     return len(self.frames)
+
+  def windows(self, size: int) -> list['VideoPayload']:
+    """Consecutive records of at most `size` frames (all of it when size <= 0), each with its visible tracks."""
+    if size <= 0 or self.num_frames <= size:
+      return [self]
+    out = []
+    for start in range(0, self.num_frames, size):
+      end = min(start + size, self.num_frames)
+      tracks = [dataclasses.replace(t, bboxes=t.bboxes[start:end], mask_pngs=t.mask_pngs[start:end])
+                for t in self.tracks if any(t.mask_pngs[start:end])]
+      out.append(dataclasses.replace(self, filenames=self.filenames[start:end], frames=self.frames[start:end],
+                                     tracks=tracks, frame_offset=start, total_frames=self.num_frames))
+    return out
 
 
 def encode_mask_png(mask: np.ndarray) -> bytes:
@@ -124,6 +144,8 @@ def serialize_video(video: VideoPayload) -> bytes:
       'video/height': ints([video.height]),
       'video/width': ints([video.width]),
       'video/num_frames': ints([length]),
+      'video/frame_offset': ints([video.frame_offset]),
+      'video/total_frames': ints([length if video.total_frames is None else video.total_frames]),
       'tracks/count': ints([len(video.tracks)]),
       'tracks/id': ints(t.track_id for t in video.tracks),
       'tracks/category_id': ints(t.category_id for t in video.tracks),
@@ -162,6 +184,8 @@ def _feature_specs():
       'video/height': tf.io.FixedLenFeature([], tf.int64),
       'video/width': tf.io.FixedLenFeature([], tf.int64),
       'video/num_frames': tf.io.FixedLenFeature([], tf.int64),
+      'video/frame_offset': tf.io.FixedLenFeature([], tf.int64, default_value=0),
+      'video/total_frames': tf.io.FixedLenFeature([], tf.int64, default_value=-1),
       'tracks/count': tf.io.FixedLenFeature([], tf.int64),
       'tracks/id': tf.io.VarLenFeature(tf.int64),
       'tracks/category_id': tf.io.VarLenFeature(tf.int64),
@@ -188,7 +212,8 @@ def parse_video(serialized) -> dict[str, Any]:
   """Parses one serialized video record into dense tensors (graph- and eager-safe).
 
   Returns:
-    dict with `video_id, height, width, num_frames, num_tracks` (int32 scalars), `name` (string),
+    dict with `video_id, height, width, num_frames, frame_offset, total_frames, num_tracks` (int32 scalars),
+    `name` (string),
     `track_id, category_id, label` int32 `[K]`, `iscrowd` bool `[K]`, `encoded, filename` string `[L]`,
     `present` bool `[L, K]`, `bbox` float32 `[L, K, 4]` (json xywh), `mask_png` string `[L, K]`.
     A record whose per-frame lists disagree with `tracks/count` fails with InvalidArgumentError.
@@ -232,6 +257,8 @@ def parse_video(serialized) -> dict[str, Any]:
         'height': tf.cast(ctx['video/height'], tf.int32),
         'width': tf.cast(ctx['video/width'], tf.int32),
         'num_frames': tf.identity(length),
+        'frame_offset': tf.cast(ctx['video/frame_offset'], tf.int32),
+        'total_frames': tf.where(ctx['video/total_frames'] < 0, length, tf.cast(ctx['video/total_frames'], tf.int32)),
         'num_tracks': tf.identity(k),
         'track_id': tf.cast(track_id, tf.int32),
         'category_id': tf.cast(category_id, tf.int32),
@@ -260,7 +287,10 @@ def decode_masks(mask_png, height, width, *who):
         return tf.minimum(mask, 1)
     return tf.cond(tf.strings.length(png) > 0, decode, lambda: tf.zeros([height, width], tf.uint8))
 
-  masks = tf.map_fn(one, flat, fn_output_signature=tf.TensorSpec([None, None], tf.uint8))
+  masks = tf.cond(  # map_fn cannot stack zero elements of unknown shape (a record or window without tracks).
+      tf.size(flat) > 0,
+      lambda: tf.map_fn(one, flat, fn_output_signature=tf.TensorSpec([None, None], tf.uint8)),
+      lambda: tf.zeros([0, height, width], tf.uint8))
   return tf.reshape(masks, tf.concat([shape, [height, width]], 0))
 
 
@@ -308,6 +338,16 @@ class Manifest:
   @property
   def num_videos(self) -> int:
     return int(self.raw['num_videos'])
+
+  @property
+  def num_records(self) -> int:
+    """Records in all shards (more than num_videos for a windowed conversion)."""
+    return int(self.raw.get('num_records', self.raw['num_videos']))
+
+  @property
+  def window(self) -> int:
+    """Frames per record of a windowed conversion; 0 when every record is a whole video."""
+    return int(self.raw.get('window', 0))
 
   @property
   def categories(self) -> list[dict[str, Any]]:
@@ -361,8 +401,9 @@ def load_manifest(root: str, *, verify_checksums: bool = False) -> Manifest:
     if verify_checksums and sha256_file(shard_path) != s['sha256']:
       raise RecordFormatError(f'{shard_path}: sha256 differs from {MANIFEST_NAME} (corrupt shard)')
     shards.append(ShardInfo(shard_path, int(s['num_records']), int(s['num_bytes']), str(s['sha256'])))
-  if sum(s.num_records for s in shards) != raw['num_videos']:
-    raise RecordFormatError(f'{path}: shard record counts do not add up to num_videos {raw["num_videos"]}')
+  expected = raw.get('num_records', raw['num_videos'])
+  if sum(s.num_records for s in shards) != expected:
+    raise RecordFormatError(f'{path}: shard record counts do not add up to num_records {expected}')
   return Manifest(root=root, raw=raw, shards=tuple(shards))
 
 
