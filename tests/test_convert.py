@@ -239,3 +239,14 @@ def test_abstract_model_is_filled_without_random_init(sd):
   with pytest.raises(convert.ConversionError, match=r'res5\.1\.conv1\.kernel.*abstract'):
     convert.convert(partial, nnx.eval_shape(lambda: resnet_d2(18, rngs=nnx.Rngs(0))),
                     convert.resnet_d2_rules('', ''), allow_missing=[r'res5\.1\..*'])
+
+
+def test_state_input_and_rule_list(sd):
+  model = resnet_d2(18, rngs=nnx.Rngs(1))
+  state = nnx.state(model)
+  report = convert.convert(sd, state, list(convert.resnet_d2_rules('', '')))  # a plain list of rules works too
+  assert report.ok
+  nnx.update(model, state)
+  np.testing.assert_array_equal(_value(model, 'res3.0.conv2.kernel'), sd['res3.0.conv2.weight'].transpose(2, 3, 1, 0))
+  with pytest.raises(TypeError, match='nnx.Module or nnx.State'):
+    convert.convert(sd, {'a': 1}, convert.resnet_d2_rules('', ''))
