@@ -452,15 +452,36 @@ def make_train_iterator(config, *, process_index: int = 0, process_count: int = 
 # Eval videos.
 
 
-def _eval_settings(source, min_size, max_size, size_divisibility):
+@dataclasses.dataclass(frozen=True)
+class EvalResize:
+  """Test-time frame size: shortest edge `min_size` capped by `max_size`, or exactly `fixed` (h, w) when given
+  (VISOLO resizes every frame to 352x624); then zero padding to a multiple of `size_divisibility`."""
+  min_size: int = 480
+  max_size: int = 1333
+  size_divisibility: int = 32
+  fixed: tuple[int, int] | None = None
+
+  def size(self, height: int, width: int) -> tuple[int, int]:
+    if self.fixed:
+      return int(self.fixed[0]), int(self.fixed[1])
+    new_h, new_w = augment.shortest_edge_size(height, width, float(self.min_size), float(self.max_size))
+    return int(new_h), int(new_w)
+
+
+def _eval_settings(source, min_size, max_size, size_divisibility, fixed_size) -> tuple[str, EvalResize]:
   if isinstance(source, str):
-    return source, min_size or 480, max_size or 1333, size_divisibility or 32
-  inp = source.input
-  root = source.dataset.get('eval_tfrecords', '') or source.dataset.tfrecords  # As configs/common.py documents.
-  if not root:
-    raise ValueError('config.dataset.eval_tfrecords and .tfrecords are empty: convert the eval split first')
-  return (root, min_size or inp.min_size_test, max_size or inp.max_size_test,
-          size_divisibility or inp.size_divisibility)
+    root, defaults = source, EvalResize()
+  else:
+    inp = source.input
+    root = source.dataset.get('eval_tfrecords', '') or source.dataset.tfrecords  # As configs/common.py documents.
+    if not root:
+      raise ValueError('config.dataset.eval_tfrecords and .tfrecords are empty: convert the eval split first')
+    fixed = tuple(inp.get('test_fixed_size', ()) or ()) or None
+    defaults = EvalResize(inp.min_size_test, inp.max_size_test, inp.size_divisibility, fixed)
+  resize = EvalResize(min_size or defaults.min_size, max_size or defaults.max_size,
+                      size_divisibility or defaults.size_divisibility,
+                      tuple(fixed_size) if fixed_size else defaults.fixed)
+  return root, resize
 
 
 def _resize_frames_fn():
@@ -481,15 +502,17 @@ def _resize_frames_fn():
 
 def eval_video_chunks(source, *, chunk_len: int = 0, process_index: int = 0, process_count: int = 1,
                       min_size: int | None = None, max_size: int | None = None,
-                      size_divisibility: int | None = None, max_videos: int = -1) -> Iterator[dict[str, Any]]:
+                      size_divisibility: int | None = None, fixed_size: tuple[int, int] | None = None,
+                      max_videos: int = -1) -> Iterator[dict[str, Any]]:
   """Yields eval videos in chunks of at most `chunk_len` frames (0 = whole video), decoding only that chunk.
 
   Args:
     source: a config (`config.dataset.eval_tfrecords`, or `.tfrecords` when that is empty;
-      `config.input.min_size_test`, `max_size_test`, `size_divisibility`) or the path of a converted directory.
+      `config.input.min_size_test`, `max_size_test`, `size_divisibility` and, if present, `test_fixed_size`) or
+      the path of a converted directory (defaults 480 / 1333 / 32).
     chunk_len: frames per chunk; 0 yields each video as one chunk.
     process_index, process_count: this process's share of the videos (as for training).
-    min_size, max_size, size_divisibility: override the test resize.
+    min_size, max_size, size_divisibility, fixed_size: override the test resize (`EvalResize`).
     max_videos: stop after this many videos of this process (-1: all).
 
   Yields:
@@ -497,7 +520,7 @@ def eval_video_chunks(source, *, chunk_len: int = 0, process_index: int = 0, pro
     `start` (index of the chunk's first frame), `last` (bool), and `frames` uint8 `[c, Hp, Wp, 3]`.
   """
   tf = tfrecord.import_tf()
-  root, min_size, max_size, div = _eval_settings(source, min_size, max_size, size_divisibility)
+  root, test_resize = _eval_settings(source, min_size, max_size, size_divisibility, fixed_size)
   manifest = tfrecord.load_manifest(root)
   plan = plan_process_shard(manifest, process_index, process_count)
   resize = _resize_frames_fn()
@@ -511,14 +534,14 @@ def eval_video_chunks(source, *, chunk_len: int = 0, process_index: int = 0, pro
         if mine:
           if 0 <= max_videos <= produced:
             return
-          yield from _video_chunks(serialized, resize, path, record_index, chunk_len, min_size, max_size, div)
+          yield from _video_chunks(serialized, resize, path, record_index, chunk_len, test_resize)
           produced += 1
         record_index += 1
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
       raise tfrecord.RecordFormatError(f'{path}: record {record_index}: {tfrecord.error_text(e)}') from None
 
 
-def _video_chunks(serialized, resize, path, record_index, chunk_len, min_size, max_size, div):
+def _video_chunks(serialized, resize, path, record_index, chunk_len, test_resize: EvalResize):
   """Parses one record and yields its resized, padded frames in chunks (see `eval_video_chunks`)."""
   tf = tfrecord.import_tf()
   v = tfrecord.parse_video(serialized)
@@ -529,7 +552,8 @@ def _video_chunks(serialized, resize, path, record_index, chunk_len, min_size, m
     raise tfrecord.RecordFormatError(
         f'{path}: record {record_index}: a window of video id={int(v["video_id"])} (converted with --window); '
         'eval input needs whole-video records')
-  new_h, new_w = (int(x) for x in augment.shortest_edge_size(height, width, float(min_size), float(max_size)))
+  new_h, new_w = test_resize.size(height, width)
+  div = test_resize.size_divisibility
   pad_h, pad_w = _round_up(new_h, div), _round_up(new_w, div)
   step = chunk_len if chunk_len > 0 else length
   meta = {'video_id': int(v['video_id']), 'name': v['name'].numpy().decode('utf-8'), 'length': length,

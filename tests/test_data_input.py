@@ -307,6 +307,9 @@ def test_eval_videos_whole_and_chunks(data):
     whole = next(v for v in videos if v['video_id'] == video_id)
     assert [p['start'] for p in parts] == list(range(0, whole['length'], 5)) and parts[-1]['last']
     np.testing.assert_array_equal(np.concatenate([p['frames'] for p in parts]), whole['frames'])
+  fixed = next(input_lib.eval_videos(root, fixed_size=(40, 70), size_divisibility=32))  # VISOLO-style.
+  assert fixed['image_size'] == (40, 70) and fixed['frames'].shape[1:3] == (64, 96)
+  assert not fixed['frames'][:, 40:].any() and fixed['frames'][:, :40, :70].any()
   shares = [{v['video_id'] for v in input_lib.eval_videos(root, min_size=32, max_size=64, process_index=p,
                                                           process_count=2)} for p in range(2)]
   assert not shares[0] & shares[1] and len(shares[0] | shares[1]) == len(videos)
