@@ -86,7 +86,7 @@ def _run_both(torch, idol_ref, ref, model, valid_hw, shapes, seed=0):
   # Both sides get the same position embedding: at fully padded rows/columns the official formula takes sin/cos of
   # arguments ~1e6, where torch's and XLA's float32 sin differ (pad tokens only; see the position test).
   pos = [position.sine_position_embedding(jnp.asarray(m), D_MODEL // 2) for m in masks]
-  pos_t = [torch.from_numpy(np.asarray(p)).permute(0, 3, 1, 2) for p in pos]
+  pos_t = [torch.from_numpy(np.array(p)).permute(0, 3, 1, 2) for p in pos]
   query = rng.normal(size=(QUERIES, 2 * D_MODEL)).astype(np.float32)
   with torch.no_grad():
     hs, memory, init_ref, inter_refs = ref.transformer(

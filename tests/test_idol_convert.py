@@ -77,7 +77,7 @@ def test_forward_matches_torch_reference(converted):
   # Where a whole row/column is padding the official position formula takes sin/cos of ~1e6, on which float32
   # libraries disagree (see test_deformable_transformer); feed the reference visjax's embedding there.
   ref.detr.detr.backbone[1].forward = lambda m: torch.from_numpy(
-      np.asarray(position.sine_position_embedding(jnp.asarray(m.numpy()), D_MODEL // 2))).permute(0, 3, 1, 2)
+      np.array(position.sine_position_embedding(jnp.asarray(m.numpy()), D_MODEL // 2))).permute(0, 3, 1, 2)
   with torch.no_grad():
     expected = {k: v.numpy() for k, v in ref(torch.from_numpy(normalised), list(SIZES)).items()}
   out = nnx.jit(lambda m, x, s: m(x, s))(model, jnp.asarray(images), jnp.asarray(SIZES, jnp.int32))
