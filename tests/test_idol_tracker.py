@@ -157,7 +157,7 @@ def test_final_masks_match_torch(image_size, orig_size):
                                         align_corners=False).sigmoid()
   ref = ref[:, :, :image_size[0], :image_size[1]]
   ref = (torch.nn.functional.interpolate(ref, size=orig_size, mode='nearest') > 0.5)[:, 0].numpy()
-  out = tracker_lib.final_masks(logits, image_size, orig_size)
+  out = np.asarray(tracker_lib.final_masks(logits, image_size=image_size, orig_size=orig_size))
   assert out.shape == ref.shape
   assert (out != ref).mean() < 1e-3  # float rounding exactly at 0.5 only
 

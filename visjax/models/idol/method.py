@@ -161,11 +161,21 @@ class VideoPredictor:
       keep, ids = self.tracker.match(det_probs.max(1), det_probs.argmax(1),
                                      tracker_lib.sigmoid(mask_logits) > 0.5, embeds[f][idx], self.next_frame)
       out = ids >= 0
-      final = tracker_lib.final_masks(mask_logits[keep][out], self.image_size, self.orig_size,
-                                      stride=self.mask_stride, threshold=tcfg.mask_threshold)
+      final = self._final_masks(masks, f, idx[keep][out])
       self.tracks.add_frame(self.next_frame, ids[out], det_probs[keep][out],
                             lambda k: results_lib.encode_mask(final[k]))
       self.next_frame += 1
+
+  def _final_masks(self, masks: jax.Array, frame: int, queries: np.ndarray) -> np.ndarray:
+    """bool `[len(queries), H, W]` output masks of `queries` in chunk frame `frame`, computed on the device."""
+    if len(queries) == 0:
+      return np.zeros((0,) + self.orig_size, bool)
+    padded = np.zeros(_bucket(len(queries)), np.int32)
+    padded[:len(queries)] = queries
+    logits = _take_masks(masks, frame, jnp.asarray(padded))
+    final = tracker_lib.final_masks(logits, image_size=self.image_size, orig_size=self.orig_size,
+                                    stride=self.mask_stride, threshold=float(self.tcfg.mask_threshold))
+    return np.asarray(final[:len(queries)])
 
   def records(self) -> list[dict]:
     """CodaLab records `{'video_id', 'score', 'category_id', 'segmentations': [RLE | None per frame]}`: one per

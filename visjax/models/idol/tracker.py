@@ -1,7 +1,8 @@
 """IDOL online inference on the host: per-frame detection selection, the `IDOL_Tracker` association, and the
 video-level bookkeeping of `IDOL.inference`, with per-frame RLE streaming.
 
-Everything here is NumPy and follows the official code (`projects/IDOL/idol/models/tracker.py` and
+Everything here is host-side NumPy (except `final_masks`, jitted to run where the mask logits live) and follows
+the official code (`projects/IDOL/idol/models/tracker.py` and
 `idol.py:IDOL.inference`) step by step:
 
 Per frame (`select_detections`): queries with max sigmoid > `select_thres` (top-1 if none), class-aware box NMS
@@ -32,6 +33,8 @@ import dataclasses
 import functools
 from typing import Any, Callable
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -325,40 +328,42 @@ class VideoTracks:
 
 
 @functools.lru_cache(maxsize=64)
-def _bilinear_rows(in_size: int, out_size: int, pick: tuple[int, ...]) -> np.ndarray:
-  """Rows `pick` of the `[out_size, in_size]` matrix of `F.interpolate(bilinear, align_corners=False)`."""
+def _bilinear_taps(in_size: int, out_size: int, pick: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """`(i0, i1, frac)` of output indices `pick` of `F.interpolate(bilinear, align_corners=False)` along one axis."""
   dst = np.asarray(pick, np.float64)
   src = np.maximum((dst + 0.5) * (in_size / out_size) - 0.5, 0.)
   i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
   i1 = np.minimum(i0 + 1, in_size - 1)
-  frac = (src - i0).astype(np.float32)
-  mat = np.zeros((len(pick), in_size), np.float32)
-  np.add.at(mat, (np.arange(len(pick)), i0), 1. - frac)
-  np.add.at(mat, (np.arange(len(pick)), i1), frac)
-  return mat
+  return i0, i1, (src - i0).astype(np.float32)
 
 
-def final_masks(mask_logits: np.ndarray, image_size: tuple[int, int], orig_size: tuple[int, int],
-                stride: int = 4, threshold: float = 0.5) -> np.ndarray:
-  """IDOL's output masks from stride-`stride` logits.
+@functools.partial(jax.jit, static_argnames=('image_size', 'orig_size', 'stride', 'threshold'))
+def final_masks(mask_logits: jax.Array, image_size: tuple[int, int], orig_size: tuple[int, int], stride: int = 4,
+                threshold: float = 0.5) -> jax.Array:
+  """IDOL's output masks from stride-`stride` logits (jitted; run where the logits live).
 
   Bilinear (align_corners=False) upsampling by `stride` to the padded size, sigmoid, crop to `image_size`,
-  nearest resize to `orig_size`, `> threshold`. Only the rows / columns the nearest resize reads are computed.
+  nearest resize to `orig_size`, `> threshold`. Only the rows / columns the nearest resize reads are interpolated
+  (two taps per axis), and the sigmoid test is done on the logit (`x > log(t / (1 - t))`).
 
   Args:
     mask_logits: `[n, h, w]` logits.
-    image_size: `(h, w)` of the resized, unpadded input.
-    orig_size: `(H, W)` of the original video.
+    image_size: `(h, w)` of the resized, unpadded input (static).
+    orig_size: `(H, W)` of the original video (static).
     stride: mask output stride.
-    threshold: probability threshold.
+    threshold: probability threshold in (0, 1).
 
   Returns:
     bool `[n, H, W]`.
   """
-  n, h, w = mask_logits.shape
+  if not 0 < threshold < 1:
+    raise ValueError(f'final_masks: threshold must be in (0, 1), got {threshold}.')
+  x = jnp.asarray(mask_logits, jnp.float32)
+  _, h, w = x.shape
   rows = resize.nearest_indices(int(image_size[0]), int(orig_size[0]))
   cols = resize.nearest_indices(int(image_size[1]), int(orig_size[1]))
-  mh = _bilinear_rows(h, h * stride, tuple(int(r) for r in rows))
-  mw = _bilinear_rows(w, w * stride, tuple(int(c) for c in cols))
-  up = np.einsum('ih,nhw,jw->nij', mh, np.asarray(mask_logits, np.float32), mw, optimize=True)
-  return sigmoid(up) > threshold
+  c0, c1, fc = _bilinear_taps(w, w * stride, tuple(int(c) for c in cols))
+  r0, r1, fr = _bilinear_taps(h, h * stride, tuple(int(r) for r in rows))
+  x = x[:, :, c0] * (1. - fc) + x[:, :, c1] * fc  # [n, h, W]
+  x = x[:, r0] * (1. - fr)[:, None] + x[:, r1] * fr[:, None]  # [n, H, W]
+  return x > np.float32(np.log(threshold / (1. - threshold)))
