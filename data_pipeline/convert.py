@@ -21,12 +21,16 @@ from __future__ import annotations
 import argparse
 import datetime
 import glob
+import io
 import json
 import logging
 import multiprocessing
 import os
 import sys
 from typing import Sequence
+
+from PIL import Image
+from pycocotools import mask as mask_utils
 
 from data_pipeline import tfrecord
 from data_pipeline import ytvis_json
@@ -38,7 +42,6 @@ class ConvertError(ValueError):
 
 def _read_frame(images_dir: str, file_name: str, video: ytvis_json.Video, t: int) -> bytes:
   """Returns the frame's file bytes after checking that it exists and decodes to the json's size."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   path = os.path.join(images_dir, file_name)
   where = f'{path} (video id={video.id}, frame {t})'
   try:
@@ -48,7 +51,6 @@ def _read_frame(images_dir: str, file_name: str, video: ytvis_json.Video, t: int
     raise ConvertError(f'{where}: missing frame file') from None
   except OSError as e:
     raise ConvertError(f'{where}: cannot read frame file ({e.strerror})') from None
-  import io  # pylint: disable=g-import-not-at-top
   try:
     with Image.open(io.BytesIO(data)) as image:
       fmt, size = image.format, image.size
@@ -69,10 +71,12 @@ def build_payload(video: ytvis_json.Video, tracks: Sequence[ytvis_json.Track], i
   index = {c: i for i, c in enumerate(category_ids)}
   out_tracks = []
   for track in tracks:
-    masks = ytvis_json.decode_track_masks(track)  # [L, H, W]
-    present = masks.reshape(masks.shape[0], -1).any(axis=1)
-    pngs = [tfrecord.encode_mask_png(masks[t]) if present[t] else b'' for t in range(video.length)]
-    boxes = [track.bboxes[t] if present[t] else None for t in range(video.length)]
+    pngs, boxes = [], []
+    for t, rle in enumerate(track.segmentations):  # One frame at a time: memory stays flat for long videos.
+      mask = mask_utils.decode(rle) if rle is not None else None
+      present = mask is not None and mask.any()
+      pngs.append(tfrecord.encode_mask_png(mask) if present else b'')
+      boxes.append(track.bboxes[t] if present else None)
     out_tracks.append(tfrecord.TrackPayload(
         track_id=track.id, category_id=track.category_id, label=index[track.category_id],
         iscrowd=track.iscrowd, bboxes=boxes, mask_pngs=pngs))

@@ -36,12 +36,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import re
 from typing import Any, Sequence
 
 import numpy as np
+from PIL import Image
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = 'manifest.json'
@@ -124,8 +126,6 @@ class VideoPayload:
 
 def encode_mask_png(mask: np.ndarray) -> bytes:
   """Encodes a `[H, W]` 0/1 mask as a 1-bit PNG (decodes to 0/255 with `tf.io.decode_png`)."""
-  import io  # pylint: disable=g-import-not-at-top
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   buf = io.BytesIO()
   Image.fromarray(np.asarray(mask, dtype=bool)).save(buf, format='PNG')
   return buf.getvalue()
