@@ -72,6 +72,9 @@ def test_hungarian_bad_input():
     hungarian_match(jnp.zeros(5))
   with pytest.raises(ValueError, match='inf/nan'):
     hungarian_match(jnp.array([[0., jnp.inf], [1., 2.]]))
+  # Under jit non-finite costs cannot raise; they must still terminate (no hang) with well-formed output.
+  rows, cols = _hungarian(np.array([[0., np.inf, 1.], [np.inf, np.inf, np.inf]], np.float32))
+  assert rows.shape == cols.shape == (2,)
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -54,8 +54,12 @@ def _lsap_wide(cost: jax.Array) -> jax.Array:
       better = (~used) & (cur < minv)
       minv = jnp.where(better, cur, minv)
       way = jnp.where(better, j0, way)
-      masked = jnp.where(used | (col_ids == 0), inf, minv)
+      taken = used | (col_ids == 0)
+      masked = jnp.where(taken, inf, minv)
       j1 = jnp.argmin(masked).astype(jnp.int32)
+      # Non-finite costs (unsupported) could make argmin land on a taken column; moving on to a free one keeps
+      # the loop finite (the result is then meaningless, never a hang).
+      j1 = jnp.where(taken[j1], jnp.argmin(taken), j1).astype(jnp.int32)
       delta = masked[j1]
       u_ = u_.at[p_].add(jnp.where(used, delta, jnp.zeros_like(delta)))
       v_ = jnp.where(used, v_ - delta, v_)

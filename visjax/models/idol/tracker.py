@@ -2,8 +2,7 @@
 video-level bookkeeping of `IDOL.inference`, with per-frame RLE streaming.
 
 Everything here is host-side NumPy (except `final_masks`, jitted to run where the mask logits live) and follows
-the official code (`projects/IDOL/idol/models/tracker.py` and
-`idol.py:IDOL.inference`) step by step:
+the official code (`projects/IDOL/idol/models/tracker.py` and `idol.py:IDOL.inference`) step by step:
 
 Per frame (`select_detections`): queries with max sigmoid > `select_thres` (top-1 if none), class-aware box NMS
 (IoU > 0.9 suppressed, score order).
