@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from visjax.convert import torch_ckpt
-from visjax.convert.rules import RuleTable
+from visjax.convert.rules import Rule, RuleTable
 
 
 class Issue(NamedTuple):
@@ -108,6 +108,22 @@ def _allowed(regexes: list[re.Pattern], *names: str | None) -> bool:
   return any(r.fullmatch(n) for r in regexes for n in names if n)
 
 
+def _drop_problem(rule: Rule, m: re.Match, key: str, array: np.ndarray, state_dict: Mapping[str, np.ndarray]):
+  """Why a key matched by a drop rule may not be dropped (failed `check` / `same_as`), or None."""
+  if rule.same_as is not None:
+    original = m.expand(rule.same_as)
+    if original not in state_dict:
+      return f'duplicate of {original!r}, which is not in the checkpoint'
+    if not np.array_equal(state_dict[original], array):
+      return f'duplicate of {original!r} but the values differ'
+  return rule.check(key, array) if rule.check is not None else None
+
+
+def _file(report: ConversionReport, kind: str, issue: Issue, allowed: bool) -> None:
+  """Appends `issue` to `report.<kind>`, or to `report.allowed_<kind>` when an allow regex waives it."""
+  getattr(report, f'allowed_{kind}' if allowed else kind).append(issue)
+
+
 def dotted(path: tuple[Any, ...]) -> str:
   """NNX state path tuple -> dotted string (`('res2', 0, 'conv1')` -> 'res2.0.conv1')."""
   return '.'.join(str(p) for p in path)
@@ -162,19 +178,13 @@ def convert(state_dict: Mapping[str, Any] | str | os.PathLike, model: nnx.Module
   for key, array in state_dict.items():
     found = rules.find(key)
     if found is None:
-      issue = Issue(key, None, f'no rule matches this key (shape {tuple(array.shape)})')
-      (report.allowed_unexpected if _allowed(allow_unexp, key) else report.unexpected).append(issue)
+      _file(report, 'unexpected', Issue(key, None, f'no rule matches this key (shape {tuple(array.shape)})'),
+            _allowed(allow_unexp, key))
       continue
     rule, m = found
     paths = rule.targets(m)
     if not paths:
-      message = rule.check(key, array) if rule.check is not None else None
-      if rule.same_as is not None:
-        original = m.expand(rule.same_as)
-        if original not in state_dict:
-          message = f'duplicate of {original!r}, which is not in the checkpoint'
-        elif not np.array_equal(state_dict[original], array):
-          message = f'duplicate of {original!r} but the values differ'
+      message = _drop_problem(rule, m, key, array, state_dict)
       if message:
         report.errors.append(Issue(key, None, f'dropped key failed its check: {message}'))
       else:
@@ -195,8 +205,8 @@ def convert(state_dict: Mapping[str, Any] | str | os.PathLike, model: nnx.Module
       arr = np.asarray(arr)
       var = variables.get(path)
       if var is None:
-        issue = Issue(key, path, f'target path is not in the model (shape {arr.shape})')
-        (report.allowed_unexpected if _allowed(allow_unexp, key) else report.unexpected).append(issue)
+        _file(report, 'unexpected', Issue(key, path, f'target path is not in the model (shape {arr.shape})'),
+              _allowed(allow_unexp, key))
         continue
       if path in writer:
         report.errors.append(Issue(key, path, f'path already written from {writer[path]!r}'))
@@ -206,7 +216,7 @@ def convert(state_dict: Mapping[str, Any] | str | os.PathLike, model: nnx.Module
       if arr.shape != expected.shape:
         issue = Issue(key, path, f'checkpoint shape {tuple(array.shape)} -> {arr.shape}, model expects '
                                  f'{tuple(expected.shape)}')
-        (report.allowed_mismatched if _allowed(allow_shape, key, path) else report.mismatched).append(issue)
+        _file(report, 'mismatched', issue, _allowed(allow_shape, key, path))
         continue
       if not np.can_cast(arr.dtype, expected.dtype, 'same_kind'):
         report.mismatched.append(Issue(key, path, f'dtype {arr.dtype} cannot be cast to {expected.dtype}'))
@@ -216,8 +226,8 @@ def convert(state_dict: Mapping[str, Any] | str | os.PathLike, model: nnx.Module
 
   for path, var in variables.items():
     if path not in writer:
-      issue = Issue(None, path, f'not filled by any checkpoint key (shape {tuple(var.get_value().shape)})')
-      (report.allowed_missing if _allowed(allow_miss, path) else report.missing).append(issue)
+      _file(report, 'missing', Issue(None, path, f'not filled by any checkpoint key (shape '
+                                                 f'{tuple(var.get_value().shape)})'), _allowed(allow_miss, path))
   for issue in report.allowed_missing + report.allowed_mismatched:
     if isinstance(variables[issue.nnx_path].get_value(), jax.ShapeDtypeStruct):
       report.errors.append(Issue(issue.torch_key, issue.nnx_path, 'the model is abstract (nnx.eval_shape), so '
