@@ -108,7 +108,8 @@ def _allowed(regexes: list[re.Pattern], *names: str | None) -> bool:
   return any(r.fullmatch(n) for r in regexes for n in names if n)
 
 
-def _drop_problem(rule: Rule, m: re.Match, key: str, array: np.ndarray, state_dict: Mapping[str, np.ndarray]):
+def _drop_problem(rule: Rule, m: re.Match, key: str, array: np.ndarray,
+                  state_dict: Mapping[str, np.ndarray]) -> str | None:
   """Why a key matched by a drop rule may not be dropped (failed `check` / `same_as`), or None."""
   if rule.same_as is not None:
     original = m.expand(rule.same_as)
