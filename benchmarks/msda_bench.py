@@ -226,12 +226,12 @@ def main():
   for s in skipped:
     print(f'# skipped: {s}')
   with_cpu = backend == 'cpu'
-  print('| shape | S | Q | impl | fwd ms | fwd+bwd ms | floor fwd ms | floor fwd+bwd ms |')
+  print('| shape | S | Q | impl | fwd ms | fwd+bwd ms | floor fwd MB / ms | floor fwd+bwd MB / ms |')
   print('|---|---|---|---|---|---|---|---|')
   with stack:
     for name in args.shapes.split(','):
       spatial_shapes, value, loc, weights, cot = make_inputs(name, args.batch)
-      floor = [b / (bandwidth * 1e9) * 1e3 for b in bytes_floor(value, loc, weights, cot)]
+      floor = [f'{b / 1e6:.0f} / {b / (bandwidth * 1e9) * 1e3:.2f}' for b in bytes_floor(value, loc, weights, cot)]
       for impl in impls:
         if impl in ('xla', 'pallas'):
           fwd, fwd_bwd = time_jax(impl, spatial_shapes, value, loc, weights, cot, args.repeats)
@@ -243,7 +243,7 @@ def main():
           raise ValueError(f'unknown implementation {impl!r}')
         print(f'| {name} | {value.shape[1]} | {loc.shape[1]} | {impl} | {fmt(fwd, with_cpu)} | '
               f'{fmt(fwd_bwd, with_cpu)} | '
-              f'{floor[0]:.3f} | {floor[1]:.3f} |', flush=True)
+              f'{floor[0]} | {floor[1]} |', flush=True)
 
 
 if __name__ == '__main__':

@@ -255,3 +255,26 @@ def test_pallas_tpu_interpret_forward_and_gradients_match_xla(local):
   got = jax.jit(jax.grad(lambda v, l, a: jnp.sum(impl(v, l, a) * cot), argnums=(0, 1, 2)))(value, loc, aw)
   for name, x, y in zip(('value', 'sampling_locations', 'attention_weights'), got, expected):
     assert rel_err(x, y) < 1e-5, name
+
+
+@pytest.mark.parametrize('platform, implementation, deterministic, dtype', [
+    ('cuda', 'triton', False, jnp.float32), ('cuda', 'triton', False, jnp.bfloat16),
+    ('cuda', 'triton', True, jnp.float32), ('tpu', 'mosaic', False, jnp.float32),
+    ('tpu', 'mosaic', False, jnp.bfloat16)])
+def test_pallas_kernels_lower_for_their_platform(platform, implementation, deterministic, dtype):
+  """Cross-lowers forward + backward to Triton IR / Mosaic MLIR on CPU (no GPU/TPU compile or run)."""
+  from pallas_kernels.msda import tpu  # pylint: disable=g-import-not-at-top
+  spatial_shapes = ((6, 10), (3, 5))
+  args = (jax.ShapeDtypeStruct((1, 75, 8, 32), dtype), jax.ShapeDtypeStruct((1, 20, 8, 2, 4, 2), jnp.float32),
+          jax.ShapeDtypeStruct((1, 20, 8, 2, 4), jnp.float32))
+  if implementation == 'triton':
+    f = lambda v, l, a: triton_gpu.ms_deform_attn_pallas(v, spatial_shapes, l, a, deterministic=deterministic)
+    target = '__gpu$xla.gpu.triton'
+  else:
+    f = lambda v, l, a: tpu.ms_deform_attn_tpu(v, spatial_shapes, l, a)
+    target = 'tpu_custom_call'
+  grad = jax.value_and_grad(lambda v, l, a: jnp.sum(f(v, l, a)), argnums=(0, 1, 2))
+  exported = jax.export.export(jax.jit(grad), platforms=[platform],
+                               disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(target)])(*args)
+  module = exported.mlir_module()
+  assert module.count(target) >= 2  # the forward kernel and the backward kernel(s)

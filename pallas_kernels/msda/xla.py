@@ -4,23 +4,25 @@ Bilinear sampling is exactly `torch.nn.functional.grid_sample(mode='bilinear', p
 align_corners=False)` per level: pixel = loc * W_l - 0.5, and corners outside the map contribute 0.
 
 Formulations (compared on CPU by benchmarks/msda_xla_variants.py, numbers in benchmarks/RESULTS.md `## MSDA`):
-  * packed (scenic's): every level of `value` is zero-padded by one pixel and the four bilinear corners of each
-    cell are packed next to each other on the channel axis, one table `[B, T, M, 4*D]` over all levels,
-    `T = sum_l (H_l + 1) * (W_l + 1)`. A sample then needs one row gather of `4*D` channels (on TPU this puts
-    128 channels on the lanes); samples whose cell is outside the padded map get weight 0.
-  * four-corner: no table; each sample gathers its 4 corner rows of `D` channels from `value` directly.
-  Both end in a single gather of all levels' samples (static per-level constants, no per-level work per call)
-  and one batched dot with the folded attention x bilinear weights `[.., L*P*4]`, accumulating in float32.
-  The packed table costs O(S) to build and only pays off when samples outnumber value tokens. On CPU it never
-  paid off (benchmarks/msda_xla_variants.py: four-corner as fast or up to 10% faster on the IDOL encoder
-  shape, Q = S, and 7x faster on the decoder shape, Q = 300, S = 15300), so four-corner is the default.
-  Packed is chosen on TPU for dense sampling (`Q * L * P >= 4 * S`), following scenic's TPU finding; that
-  choice is not measured here.
+  * four-corner (default): each sample reads its 4 corner rows of `D` channels straight from `value`. In the
+    forward pass the 4 gathers fuse with the bilinear sum into one loop, so only the `[B, Q, M, L*P, D]` samples
+    are materialised before a batched dot with the attention weights (3-4x faster than gathering the corners
+    first, and faster than torch's grid_sample formulation). Its derivative (a `custom_jvp`) is that of the
+    gather-then-dot form of the same function, whose transpose is a batched dot plus one scatter-add;
+    differentiating the fused form instead let XLA fuse gathers into reductions, ~8x slower on CPU.
+  * packed (scenic's): every level is zero-padded by one pixel and the 4 corners of each cell are packed on the
+    channel axis, one table `[B, T, M, 4*D]`, `T = sum_l (H_l + 1) * (W_l + 1)`; a sample is one row gather of
+    `4*D` channels (on TPU this puts 128 channels on the lanes), then a batched dot over `L*P*4` weights. The
+    table costs O(S) to build; on CPU packed was never faster (equal on the IDOL encoder shape, 7x slower on
+    the decoder shape), so it is only chosen on TPU for dense sampling (`Q * L * P >= 4 * S`), following
+    scenic's TPU finding; that choice is not measured here.
+  Both handle all levels in one gather with static per-level constants (no per-level work per call beyond
+  building the packed table) and accumulate in float32 (float64 under x64).
 
-Reverse mode: the gather + dot is wrapped in `jax.checkpoint`, so only the table (or value), the row indices and
-the weights are saved, never the `[B, Q, M, L*P*4, D]` gathered tensor; the gather is recomputed in the backward
-pass. The value gradient is XLA's scatter-add transpose of the gather, deterministic on CPU and TPU (on GPU only
-with `--xla_gpu_deterministic_ops=true`; the Pallas GPU path has its own `deterministic` option).
+Reverse mode saves only `value` (or the table), row indices and per-sample weights, never the gathered
+`[.., D]` tensors: the gathers are rematerialised in the backward pass (`jax.checkpoint`). The value gradient is
+XLA's scatter-add transpose of the gather, deterministic on CPU and TPU (on GPU only with
+`--xla_gpu_deterministic_ops=true`; the Pallas GPU path has its own `deterministic` option).
 """
 
 import functools
@@ -123,21 +125,57 @@ def _packed(value, spatial_shapes, sampling_locations, attention_weights, dtype)
                               weights.reshape(*weights.shape[:3], -1))
 
 
+@jax.custom_jvp
+def _attend_corners(table: jax.Array, rows: jax.Array, corner_weights: jax.Array,
+                    attention_weights: jax.Array) -> jax.Array:
+  """`out[b, q, m] = sum_k attention[k] * sum_c corner_weights[k, c] * table[rows[k, c]]`.
+
+  Args:
+    table: `[N, D]` value rows.
+    rows: `[B, Q, M, K, 4]` int32 rows of the 4 corners of each sample.
+    corner_weights: `[B, Q, M, K, 4]` bilinear weights (0 for out-of-map corners), accumulation dtype.
+    attention_weights: `[B, Q, M, K]`, accumulation dtype.
+
+  Returns:
+    `[B, Q, M, D]` in the accumulation dtype.
+  """
+  # The four gathers fuse with their bilinear sum, so only the `[B, Q, M, K, D]` samples are materialised
+  # (4x less than gathering the corners first: 3-4x faster forward on CPU).
+  sampled = sum(corner_weights[..., c, None] * jnp.take(table, rows[..., c], axis=0, mode='clip')
+                .astype(corner_weights.dtype) for c in range(4))
+  return jnp.einsum('bqmkd,bqmk->bqmd', sampled, attention_weights, precision=jax.lax.Precision.HIGHEST)
+
+
+@_attend_corners.defjvp
+def _attend_corners_jvp(primals, tangents):
+  # Differentiating the fused sum directly makes XLA fuse gathers into reductions, which was ~8x slower on CPU;
+  # the tangent (and so, transposed, the gradient) comes from the gather-then-dot form of the same function,
+  # whose transpose is a batched dot and one scatter-add, and whose gather is rematerialised.
+  table, rows, corner_weights, attention_weights = primals
+  table_dot, _, corner_weights_dot, attention_weights_dot = tangents
+  flat_rows = rows.reshape(*rows.shape[:3], -1)
+
+  def gather_then_dot(t, cw, aw):
+    return _gather_weighted_sum(t, flat_rows, (cw * aw[..., None]).reshape(flat_rows.shape))
+
+  _, out_dot = jax.jvp(gather_then_dot, (table, corner_weights, attention_weights),
+                       (table_dot, corner_weights_dot, attention_weights_dot))
+  return _attend_corners(table, rows, corner_weights, attention_weights), out_dot
+
+
 def _four_corner(value, spatial_shapes, sampling_locations, attention_weights, dtype):
   b, s, m, d = value.shape
   level_w, level_h, level_start = (np.asarray(x, np.int32)
                                    for x in common.per_sample_levels(spatial_shapes, sampling_locations.shape[4]))
   px, py = common.pixel_coordinates(spatial_shapes, sampling_locations, dtype)
-  aw = attention_weights.reshape(px.shape).astype(dtype)
   bi = jnp.arange(b, dtype=jnp.int32)[:, None, None, None]
   mi = jnp.arange(m, dtype=jnp.int32)[None, None, :, None]
   rows, weights = [], []
   for pos, valid, wx, wy, _, _ in common.bilinear_corners(px, py, level_w, level_h):
     rows.append((bi * s + level_start + pos) * m + mi)
-    weights.append(jnp.where(valid, wx * wy * aw, 0.0))
-  rows = jnp.stack(rows, -1).reshape(*px.shape[:3], -1)  # [B, Q, M, K * 4], (sample, corner) order
-  weights = jnp.stack(weights, -1).reshape(rows.shape)
-  return _gather_weighted_sum(value.reshape(b * s * m, d), rows, weights)
+    weights.append(jnp.where(valid, wx * wy, 0.0))
+  return _attend_corners(value.reshape(b * s * m, d), jnp.stack(rows, -1), jnp.stack(weights, -1),
+                         attention_weights.reshape(px.shape).astype(dtype))
 
 
 def use_packed_table(spatial_shapes: common.SpatialShapes, num_queries: int, points: int,
