@@ -13,8 +13,7 @@ from visjax.evaluation import results as results_lib
 from visjax.models import registry
 from visjax.models.idol import method
 
-pytest.importorskip('torch')  # the batch fixture lives next to the torch criterion reference
-from tests.test_idol_criterion import synthetic_batch  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tests.idol_fixtures import synthetic_batch
 
 
 def _tiny_config():
