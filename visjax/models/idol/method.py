@@ -62,7 +62,7 @@ def _forward_fn(model: nnx.Module):
   if cached is None or cached[0] != graphdef:
 
     def forward(state, images, sizes):
-      out = nnx.merge(graphdef, state)(images, sizes, train=False)
+      out = nnx.merge(graphdef, state)(images, sizes, train=False, mask_layers=(-1,))
       return out['pred_logits'][-1], out['pred_boxes'][-1], out['pred_embeds'], out['pred_masks'][-1]
 
     cached = _FORWARD_CACHE[model] = (graphdef, jax.jit(forward))
