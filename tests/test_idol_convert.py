@@ -52,7 +52,7 @@ def _state_dict(ref):
 def converted():
   ref = _torch_reference()
   model = _abstract_model()
-  report = convert.convert(_state_dict(ref), model, rules_idol.idol_rules(DEC))
+  report = convert.convert(_state_dict(ref), model, rules_idol.idol_rules())
   return ref, model, report
 
 
@@ -100,7 +100,7 @@ def test_conversion_lists_missing_and_unexpected_keys():
   state['detr.detr.transformer.mystery.weight'] = np.zeros((3,), np.float32)
   model = _abstract_model()
   with pytest.raises(convert.ConversionError) as info:
-    convert.convert(state, model, rules_idol.idol_rules(DEC))
+    convert.convert(state, model, rules_idol.idol_rules())
   message = str(info.value)
   assert 'missing' in message and 'unexpected' in message
   assert 'transformer.encoder.layers.1.norm2.scale' in message
@@ -114,12 +114,12 @@ def test_conversion_rejects_differing_duplicate_box_head():
       state['detr.detr.bbox_embed.1.layers.0.bias'] + 1.)
   model = _abstract_model()
   with pytest.raises(convert.ConversionError, match=r'bbox_embed\.1\.layers\.0\.bias'):
-    convert.convert(state, model, rules_idol.idol_rules(DEC))
+    convert.convert(state, model, rules_idol.idol_rules())
   # Same with the duplicate arriving after the original.
   reordered = {k: v for k, v in state.items() if 'decoder.bbox_embed' not in k}
   reordered.update({k: v for k, v in state.items() if 'decoder.bbox_embed' in k})
   with pytest.raises(convert.ConversionError, match='values differ'):
-    convert.convert(reordered, model, rules_idol.idol_rules(DEC))
+    convert.convert(reordered, model, rules_idol.idol_rules())
 
 
 def test_more_decoder_layers_in_checkpoint_fail():
@@ -129,7 +129,7 @@ def test_more_decoder_layers_in_checkpoint_fail():
   config.dec_layers = 1
   model = _abstract_model(config)
   with pytest.raises(convert.ConversionError, match=r'detr\.detr\.transformer\.decoder\.layers\.1\.'):
-    convert.convert(state, model, rules_idol.idol_rules(1))
+    convert.convert(state, model, rules_idol.idol_rules())
 
 
 def test_official_size_r50_state_converts():
@@ -138,7 +138,7 @@ def test_official_size_r50_state_converts():
   ref = idol_ref.IDOLRef(resnet_refs.D2ResNet(50, out_features=('res2', 'res3', 'res4', 'res5')))
   state = _state_dict(ref)
   model = _abstract_model(idol_ytvis19.get_config().model)
-  report = convert.convert(state, model, rules_idol.idol_rules(6))
+  report = convert.convert(state, model, rules_idol.idol_rules())
   assert report.ok and len(report.dropped) == 6 * 3 * 2
   assert state['detr.detr.query_embed.weight'].shape == (300, 512)
   assert report.num_values == sum(v.size for k, v in state.items() if 'decoder.bbox_embed' not in k)

@@ -72,9 +72,8 @@ def input_proj_rules(torch_prefix: str = 'input_proj.', nnx_prefix: str = 'input
   ])
 
 
-def idol_rules(num_decoder_layers: int = 6) -> RuleTable:
+def idol_rules() -> RuleTable:
   """The full IDOL table (see module docstring)."""
-  del num_decoder_layers  # Every layer's keys match the same patterns; kept for the callers' signature.
   rules = (resnet_d2_rules('detr.detr.backbone.0.backbone.', 'backbone')
            + input_proj_rules('detr.detr.input_proj.', 'input_proj')
            + deformable_transformer_rules('detr.detr.transformer.', 'transformer')
