@@ -43,7 +43,7 @@ class _Config(NamedTuple):
   batch: int
   tokens: int  # S
   heads: int  # M
-  level_w: tuple[int, ...]  # per padded sample k
+  level_w: tuple[int, ...]  # per real sample k (padded samples never reach the value gradient)
   level_h: tuple[int, ...]
   level_start: tuple[int, ...]
   block_q: int
@@ -116,8 +116,11 @@ def _specs(cfg: _Config, k: int, d: int):
   return sample, out, const
 
 
-def _level_consts(cfg: _Config):
-  return tuple(jnp.asarray(np.array(x, np.int32)[None]) for x in (cfg.level_w, cfg.level_h, cfg.level_start))
+def _level_consts(cfg: _Config, k: int):
+  """Per-sample `(W, H, level_start)` as int32 `[1, k]`; padded samples get a 1x1 map at row 0."""
+  pad = k - len(cfg.level_w)
+  return tuple(jnp.asarray(np.array(x + (fill,) * pad, np.int32)[None])
+               for x, fill in ((cfg.level_w, 1), (cfg.level_h, 1), (cfg.level_start, 0)))
 
 
 def _forward(cfg: _Config, value, px, py, a):
@@ -134,7 +137,7 @@ def _forward(cfg: _Config, value, px, py, a):
       compiler_params=pltriton.CompilerParams(num_warps=cfg.num_warps, num_stages=1),
       interpret=cfg.interpret,
       name='msda_forward',
-  )(*_level_consts(cfg), value, px, py, a)
+  )(*_level_consts(cfg, k), value, px, py, a)
 
 
 def _backward(cfg: _Config, value, px, py, a, g):
@@ -144,7 +147,7 @@ def _backward(cfg: _Config, value, px, py, a, g):
   sample, out, const = _specs(cfg, k, d)
   grad_sample = jax.ShapeDtypeStruct(px.shape, jnp.float32)
   in_specs = [const, const, const, pl.no_block_spec, sample, sample, sample, out]
-  args = [*_level_consts(cfg), value, px, py, a, g]
+  args = [*_level_consts(cfg, k), value, px, py, a, g]
   out_shape = [grad_sample] * 3
   out_specs = [sample] * 3
   aliases = {}
@@ -176,10 +179,9 @@ def _value_grad_deterministic(cfg: _Config, num_rows: int, px, py, a, g):
   d = g.shape[-1]
   bi = jnp.arange(b, dtype=jnp.int32)[:, None, None, None]
   mi = jnp.arange(m, dtype=jnp.int32)[None, None, :, None]
-  start = jnp.asarray(cfg.level_start, jnp.int32)
+  level_w, level_h, start = (c[0] for c in _level_consts(cfg, k))
   rows, coefs = [], []
-  for pos, valid, wx, wy, _, _ in common.bilinear_corners(px, py, jnp.asarray(cfg.level_w, jnp.int32),
-                                           jnp.asarray(cfg.level_h, jnp.int32)):
+  for pos, valid, wx, wy, _, _ in common.bilinear_corners(px, py, level_w, level_h):
     rows.append(_rows(pos, start, cfg, bi, mi))
     coefs.append(jnp.where(valid, wx * wy * a.astype(jnp.float32), 0.0))
   rows = jnp.stack(rows, -1).reshape(-1)  # [N], N = B*Qp*M*K*4, ordered (b, q, m, k, corner)
@@ -246,9 +248,7 @@ def ms_deform_attn_pallas(value: jax.Array, spatial_shapes: common.SpatialShapes
   dp = pl.next_power_of_2(d)
   qp = pl.cdiv(q, block_q) * block_q
   pad_k = kp - k
-  level_w, level_h, level_start = common.per_sample_levels(spatial_shapes, p)
-  cfg = _Config(b, s, m, level_w + (1,) * pad_k, level_h + (1,) * pad_k, level_start + (0,) * pad_k, block_q,
-                num_warps, deterministic, interpret)
+  cfg = _Config(b, s, m, *common.per_sample_levels(spatial_shapes, p), block_q, num_warps, deterministic, interpret)
 
   # Padded samples and queries sit outside every map, with weight 0.
   pads = ((0, 0), (0, qp - q), (0, 0), (0, pad_k))
