@@ -146,3 +146,16 @@ def test_bad_inputs(kwargs, call_fix, message):
     call = dict(query=jnp.zeros((1, 2, 16)), reference_points=jnp.zeros((1, 2, 3, 2)),
                 input_flatten=jnp.zeros((1, s, 16)), spatial_shapes=SHAPES) | (call_fix or {})
     module(**call)
+
+
+def test_pallas_implementation_matches_xla():
+  rng = np.random.default_rng(3)
+  s = sum(h * w for h, w in SHAPES)
+  args = (jnp.asarray(rng.standard_normal((1, 5, 16)), jnp.float32), jnp.asarray(rng.random((1, 5, 3, 2)), jnp.float32),
+          jnp.asarray(rng.standard_normal((1, s, 16)), jnp.float32))
+  outs = []
+  for implementation in ('xla', 'pallas'):
+    module = MSDeformAttn(d_model=16, n_levels=3, n_heads=4, n_points=2, implementation=implementation,
+                          rngs=nnx.Rngs(0))
+    outs.append(np.asarray(module(*args, SHAPES)))
+  np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-6)

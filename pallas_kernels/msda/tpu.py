@@ -1,8 +1,9 @@
 """Pallas TPU (Mosaic) MSDA kernels: one-hot matmuls over value tiles, with a custom VJP.
 
-STATUS: no TPU was available while this was written. The kernels are tested only in TPU interpret mode
-(`pltpu.InterpretParams`, on CPU) against the XLA path, forward and gradients; they have never been lowered by
-Mosaic. `implementation=None` therefore keeps dispatching XLA on TPU: this kernel is opt-in
+STATUS: no TPU was available while this was written. The kernels are tested in TPU interpret mode
+(`pltpu.InterpretParams`, on CPU) against the XLA path, forward and gradients, and lowered to Mosaic MLIR with
+`jax.export(..., platforms=['tpu'])` on CPU; Mosaic's own compilation (layout inference, which is where
+lane-slicing and broadcast patterns can still be rejected) happens only on a TPU and has never run. `implementation=None` therefore keeps dispatching XLA on TPU: this kernel is opt-in
 (`implementation='pallas_tpu'`) until it has been compiled and measured on a TPU.
 
 Why one-hot matmuls: Mosaic TPU lowers gathers only along the two minor-most dimensions of an in-VMEM block

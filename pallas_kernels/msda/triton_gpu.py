@@ -1,8 +1,10 @@
 """Pallas MSDA kernels for GPU (Triton lowering), with a custom VJP.
 
-STATUS: no GPU was available while this was written, so these kernels have never been compiled by Triton or run
-on a GPU. They are kept correct by construction and by the interpret-mode tests in tests/test_msda_kernels.py
-(forward and gradients vs the XLA path, `interpret=True` on CPU). Triton-specific constraints are respected where
+STATUS: no GPU was available while this was written, so these kernels have never been compiled to PTX or run
+on a GPU. They are kept correct by construction and by tests/test_msda_kernels.py: interpret-mode runs
+(`interpret=True` on CPU, forward and gradients vs the XLA path) and a cross-lowering test that lowers forward
+and backward, float32 and bfloat16, to Triton IR with `jax.export(..., platforms=['cuda'])` on CPU (so the
+Pallas-to-Triton lowering accepts every op; Triton's own compiler passes are not exercised). Triton-specific constraints are respected where
 known (power-of-two block shapes, ref indexing with integer arrays for gathers, `pltriton.atomic_add` with a
 scalar row and a channel slice), but block sizes and `num_warps` are untuned guesses. Note also that the Pallas
 Triton backend is deprecated from jax 0.11 (jax_anchors.md B5).
