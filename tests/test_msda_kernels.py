@@ -223,6 +223,21 @@ def test_pallas_gpu_interpret_gradients_match_xla(deterministic):
     assert rel_err(x, y) < 1e-5, name
 
 
+def test_pallas_gpu_interpret_block_atomics_match_xla():
+  # 'atomic_block' (the GPU default) is exact in interpret mode only without repeated rows inside a program:
+  # one query per program, samples of one level on distinct, well separated pixels.
+  spatial_shapes = ((16, 16),)
+  value, _, aw = make_inputs(np.random.default_rng(70), spatial_shapes, 1, 3, 2, 4, 4)
+  centres = np.array([(2.3, 3.6), (6.7, 10.2), (11.4, 5.5), (13.2, 13.9)])  # pixel (x, y), >= 3 pixels apart
+  loc = np.broadcast_to(((centres + 0.5) / 16.0)[None, None, None, None], (1, 3, 2, 1, 4, 2)).astype(np.float32)
+  cot = np.random.default_rng(71).standard_normal((1, 3, 8)).astype(np.float32)
+  expected = _grads(msda.ms_deform_attn_xla, value, spatial_shapes, loc, aw, cot)
+  got = _grads(triton_gpu.ms_deform_attn_pallas, value, spatial_shapes, loc, aw, cot, interpret=True, block_q=1,
+               value_grad='atomic_block')
+  for name, x, y in zip(('value', 'sampling_locations', 'attention_weights'), got, expected):
+    assert rel_err(x, y) < 1e-5, name
+
+
 def test_pallas_gpu_interpret_bfloat16():
   spatial_shapes, *dims = CASES[0]
   value, loc, aw = make_inputs(np.random.default_rng(50), spatial_shapes, *dims)
@@ -257,18 +272,18 @@ def test_pallas_tpu_interpret_forward_and_gradients_match_xla(local):
     assert rel_err(x, y) < 1e-5, name
 
 
-@pytest.mark.parametrize('platform, implementation, deterministic, dtype', [
-    ('cuda', 'triton', False, jnp.float32), ('cuda', 'triton', False, jnp.bfloat16),
-    ('cuda', 'triton', True, jnp.float32), ('tpu', 'mosaic', False, jnp.float32),
-    ('tpu', 'mosaic', False, jnp.bfloat16)])
-def test_pallas_kernels_lower_for_their_platform(platform, implementation, deterministic, dtype):
+@pytest.mark.parametrize('platform, implementation, value_grad, dtype', [
+    ('cuda', 'triton', 'atomic_block', jnp.float32), ('cuda', 'triton', 'atomic_block', jnp.bfloat16),
+    ('cuda', 'triton', 'atomic_rows', jnp.float32), ('cuda', 'triton', 'sorted', jnp.float32),
+    ('tpu', 'mosaic', None, jnp.float32), ('tpu', 'mosaic', None, jnp.bfloat16)])
+def test_pallas_kernels_lower_for_their_platform(platform, implementation, value_grad, dtype):
   """Cross-lowers forward + backward to Triton IR / Mosaic MLIR on CPU (no GPU/TPU compile or run)."""
   from pallas_kernels.msda import tpu  # pylint: disable=g-import-not-at-top
   spatial_shapes = ((6, 10), (3, 5))
   args = (jax.ShapeDtypeStruct((1, 75, 8, 32), dtype), jax.ShapeDtypeStruct((1, 20, 8, 2, 4, 2), jnp.float32),
           jax.ShapeDtypeStruct((1, 20, 8, 2, 4), jnp.float32))
   if implementation == 'triton':
-    f = lambda v, l, a: triton_gpu.ms_deform_attn_pallas(v, spatial_shapes, l, a, deterministic=deterministic)
+    f = lambda v, l, a: triton_gpu.ms_deform_attn_pallas(v, spatial_shapes, l, a, value_grad=value_grad)
     target = '__gpu$xla.gpu.triton'
   else:
     f = lambda v, l, a: tpu.ms_deform_attn_tpu(v, spatial_shapes, l, a)

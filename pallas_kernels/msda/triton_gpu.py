@@ -14,14 +14,16 @@ of one head and all their `K = L * P` samples (padded to a power of two) and `D`
   * forward: for each of the 4 bilinear corners, one gather `value[rows] -> [block_q, K, D]` and a weighted sum
     over K accumulated in float32; value may be float32 or bfloat16.
   * backward (recomputes the forward sampling): gradients of the pixel coordinates and attention weights are
-    reduced over D inside the program; the value gradient is either scattered with `pltriton.atomic_add` inside
-    the kernel (default: fast, run-to-run nondeterministic in summation order, float32 buffer) or, with
-    `deterministic=True`, computed outside the kernel by a sort + segmented scan in XLA (bitwise reproducible,
-    more memory: `[B*Q*M*K*4, D]` float32 temporaries).
-    The atomic scatter loops over (query, sample, corner) with a scalar row and a `D`-channel slice, the same
-    work split as the CUDA kernel (one atomic per channel per corner). It is written this way also because JAX's
-    interpret-mode discharge of `atomic_add` with an integer *array* index is a gather-then-set, which drops
-    duplicate rows; the scalar-row form is exact in interpret mode too, so the tests cover the GPU code path.
+    reduced over D inside the program. The value gradient (`value_grad`, float32 buffer) is accumulated by
+    - 'atomic_block' (GPU default): one `pltriton.atomic_add` of a `[block_q, K, D]` block per corner, with
+      integer-array indices (run-to-run nondeterministic summation order, like the CUDA op);
+    - 'atomic_rows' (interpret-mode default): a loop over (query, sample, corner) with one scalar-row,
+      D-channel atomic each. JAX's interpret-mode discharge of `atomic_add` with integer *array* indices is a
+      gather-then-set, which drops all but one of duplicate rows; this form is exact there, so it is what CPU
+      tests run by default. 'atomic_block' is tested in interpret mode on inputs whose rows never repeat
+      within a program, where the discharge is exact too;
+    - 'sorted' (`deterministic=True`): outside the kernel, a stable sort of the rows and a segmented scan in
+      XLA (bitwise reproducible; more memory: `[B*Q*M*K*4, D]` float32 temporaries).
   * `sampling_locations` enter the kernels as pixel coordinates (`loc * W_l - 0.5`, computed in XLA), so their
     gradient is the kernel's pixel gradient times `W_l` / `H_l` by XLA autodiff.
 """
@@ -38,6 +40,8 @@ from jax.experimental.pallas import triton as pltriton
 from pallas_kernels.msda import common
 
 _OUTSIDE = -4.0  # pixel coordinate of padded samples: every corner is outside the map.
+# How the value gradient is accumulated (see the module docstring).
+VALUE_GRAD_MODES = ('atomic_block', 'atomic_rows', 'sorted')
 
 
 class _Config(NamedTuple):
@@ -50,7 +54,7 @@ class _Config(NamedTuple):
   level_start: tuple[int, ...]
   block_q: int
   num_warps: int
-  deterministic: bool
+  value_grad: str  # one of VALUE_GRAD_MODES
   interpret: bool
 
 
@@ -73,7 +77,7 @@ def _forward_kernel(w_ref, h_ref, start_ref, value_ref, px_ref, py_ref, a_ref, o
 
 def _backward_kernel(w_ref, h_ref, start_ref, value_ref, px_ref, py_ref, a_ref, g_ref, *refs, cfg: _Config):
   """Gradients of pixel coordinates and attention weights; value gradient by atomics unless deterministic."""
-  if cfg.deterministic:
+  if cfg.value_grad == 'sorted':
     gpx_ref, gpy_ref, ga_ref = refs
   else:
     _, gpx_ref, gpy_ref, ga_ref, gv_ref = refs  # refs[0] is the aliased zero buffer == gv_ref.
@@ -84,19 +88,23 @@ def _backward_kernel(w_ref, h_ref, start_ref, value_ref, px_ref, py_ref, a_ref, 
   gpx = jnp.zeros(a.shape, jnp.float32)
   gpy = jnp.zeros(a.shape, jnp.float32)
   ga = jnp.zeros(a.shape, jnp.float32)
+  d = g.shape[1]
   for pos, valid, wx, wy, sx, sy in common.bilinear_corners(px_ref[...], py_ref[...], w, h):
-    v = value_ref[_rows(pos, start, cfg, b, m), :].astype(jnp.float32)  # [block_q, K, D]
+    rows = _rows(pos, start, cfg, b, m)  # [block_q, K]
+    v = value_ref[rows, :].astype(jnp.float32)  # [block_q, K, D]
     gv = jnp.where(valid, jnp.sum(v * g[:, None, :], axis=2), 0.0)  # d out / d (corner weight), [block_q, K]
     ga += wx * wy * gv
     gpx += sx * wy * a * gv
     gpy += sy * wx * a * gv
+    if cfg.value_grad == 'atomic_block':
+      coef = jnp.where(valid, wx * wy * a, 0.0)
+      channels = jax.lax.broadcasted_iota(jnp.int32, (1, 1, d), 2)
+      pltriton.atomic_add(gv_ref, (rows[:, :, None], channels), coef[:, :, None] * g[:, None, :])
   gpx_ref[...] = gpx
   gpy_ref[...] = gpy
   ga_ref[...] = ga
-  if cfg.deterministic:
+  if cfg.value_grad != 'atomic_rows':
     return
-
-  d = g_ref.shape[1]
 
   def scatter_query(qi, carry):
     g_row = g_ref[qi, :].astype(jnp.float32)  # [D]
@@ -153,7 +161,7 @@ def _backward(cfg: _Config, value, px, py, a, g):
   out_shape = [grad_sample] * 3
   out_specs = [sample] * 3
   aliases = {}
-  if not cfg.deterministic:
+  if cfg.value_grad != 'sorted':
     in_specs.append(pl.no_block_spec)
     args.append(jnp.zeros(value.shape, jnp.float32))
     out_shape.append(jax.ShapeDtypeStruct(value.shape, jnp.float32))
@@ -170,7 +178,7 @@ def _backward(cfg: _Config, value, px, py, a, g):
       interpret=cfg.interpret,
       name='msda_backward',
   )(*args)
-  if cfg.deterministic:
+  if cfg.value_grad == 'sorted':
     return (None, *grads)
   return (grads[3], *grads[:3])
 
@@ -216,7 +224,7 @@ def _msda_core_fwd(cfg, value, px, py, a):
 def _msda_core_bwd(cfg, residuals, g):
   value, px, py, a = residuals
   grad_value, gpx, gpy, ga = _backward(cfg, value, px, py, a, g)
-  if cfg.deterministic:
+  if cfg.value_grad == 'sorted':
     grad_value = _value_grad_deterministic(cfg, value.shape[0], px, py, a, g.reshape(*px.shape[:3], -1))
   return (grad_value.astype(value.dtype), gpx.astype(px.dtype), gpy.astype(py.dtype), ga.astype(a.dtype))
 
@@ -226,7 +234,7 @@ _msda_core.defvjp(_msda_core_fwd, _msda_core_bwd)
 
 def ms_deform_attn_pallas(value: jax.Array, spatial_shapes: common.SpatialShapes, sampling_locations: jax.Array,
                           attention_weights: jax.Array, *, deterministic: bool = False, interpret: bool = False,
-                          block_q: int = 16, num_warps: int = 4) -> jax.Array:
+                          block_q: int = 16, num_warps: int = 4, value_grad: str | None = None) -> jax.Array:
   """Multi-scale deformable attention with the Pallas Triton kernels (see the module docstring).
 
   Args:
@@ -238,6 +246,8 @@ def ms_deform_attn_pallas(value: jax.Array, spatial_shapes: common.SpatialShapes
     interpret: run the kernels in the Pallas interpreter (CPU tests).
     block_q: queries per program (a power of two).
     num_warps: Triton warps per program.
+    value_grad: override of the value-gradient mode, one of VALUE_GRAD_MODES; default 'sorted' if
+      `deterministic`, else 'atomic_rows' in interpret mode and 'atomic_block' on GPU.
 
   Returns:
     `[B, Q, M * D]` in `value.dtype`.
@@ -250,7 +260,11 @@ def ms_deform_attn_pallas(value: jax.Array, spatial_shapes: common.SpatialShapes
   dp = pl.next_power_of_2(d)
   qp = pl.cdiv(q, block_q) * block_q
   pad_k = kp - k
-  cfg = _Config(b, s, m, *common.per_sample_levels(spatial_shapes, p), block_q, num_warps, deterministic, interpret)
+  if value_grad is None:
+    value_grad = 'sorted' if deterministic else ('atomic_rows' if interpret else 'atomic_block')
+  if value_grad not in VALUE_GRAD_MODES:
+    raise ValueError(f'ms_deform_attn_pallas: value_grad must be one of {VALUE_GRAD_MODES}, got {value_grad!r}.')
+  cfg = _Config(b, s, m, *common.per_sample_levels(spatial_shapes, p), block_q, num_warps, value_grad, interpret)
 
   # Padded samples and queries sit outside every map, with weight 0.
   pads = ((0, 0), (0, qp - q), (0, 0), (0, pad_k))
