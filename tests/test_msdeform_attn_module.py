@@ -159,3 +159,17 @@ def test_pallas_implementation_matches_xla():
                           rngs=nnx.Rngs(0))
     outs.append(np.asarray(module(*args, SHAPES)))
   np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_compute_keeps_float32_locations():
+  rng = np.random.default_rng(4)
+  s = sum(h * w for h, w in SHAPES)
+  args = (jnp.asarray(rng.standard_normal((1, 5, 16)), jnp.float32), jnp.asarray(rng.random((1, 5, 3, 4)), jnp.float32),
+          jnp.asarray(rng.standard_normal((1, s, 16)), jnp.float32))
+  ref_module = MSDeformAttn(d_model=16, n_levels=3, n_heads=4, n_points=2, rngs=nnx.Rngs(0))
+  bf16_module = MSDeformAttn(d_model=16, n_levels=3, n_heads=4, n_points=2, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+  ref, ref_loc, _ = ref_module(*args, SHAPES, return_sampling=True)
+  out, loc, weights = bf16_module(*args, SHAPES, return_sampling=True)
+  assert out.dtype == jnp.bfloat16 and loc.dtype == jnp.float32 and weights.dtype == jnp.float32
+  np.testing.assert_allclose(loc, ref_loc, atol=2e-3)  # only the bf16 query/offset rounding remains
+  assert np.linalg.norm(np.asarray(out, np.float32) - ref) / np.linalg.norm(ref) < 2e-2
