@@ -5,7 +5,9 @@ Implementations (DESIGN.md §4):
   * `'pallas'`: Pallas kernel with the Triton lowering (`triton_gpu.py`); default on GPU. On CPU it runs the same
     kernels with `interpret=True` (slow; meant for tests).
   * `'pallas_tpu'`: Pallas TPU kernel (`tpu.py`); on CPU it runs in TPU interpret mode.
-`None` picks the best available for `jax.default_backend()`.
+`None` picks the best available for `jax.default_backend()`. The Pallas kernels have been run only in interpret
+mode and cross-lowered on CPU (no GPU/TPU in their development); if the Triton kernel fails to compile on a GPU,
+pass `implementation='xla'`.
 """
 
 import jax
