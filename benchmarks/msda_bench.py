@@ -14,9 +14,9 @@ Implementations:
            fundamentalvision/Deformable-DETR); needs a GPU, torch with CUDA and nvcc. Never committed.
 
 Every timing is the median of `--repeats` runs after one warm-up (compile) run; on a CPU backend the table shows
-`wall (process CPU time)` in ms, since wall time on a shared machine mostly measures the other jobs. `floor` is the bytes-moved lower
-bound (read the inputs once, write the outputs once) divided by a copy bandwidth measured on the same device at
-start-up (best of 5); it ignores that gathers re-read value rows.
+`wall (process CPU time)` in ms, since wall time on a shared machine mostly measures the other jobs. `floor` is
+the bytes-moved lower bound (read the inputs once, write the outputs once), in MB and divided by a copy
+bandwidth measured on the same device at start-up (best of 5); it ignores that gathers re-read value rows.
 """
 
 import argparse
@@ -241,7 +241,8 @@ def main():
           fwd, fwd_bwd = time_cuda_dd(dd_module, spatial_shapes, value, loc, weights, cot, args.repeats)
         else:
           raise ValueError(f'unknown implementation {impl!r}')
-        print(f'| {name} | {value.shape[1]} | {loc.shape[1]} | {impl} | {fmt(fwd, with_cpu)} | '
+        label = f'torch ({_torch_device()})' if impl == 'torch' else impl
+        print(f'| {name} | {value.shape[1]} | {loc.shape[1]} | {label} | {fmt(fwd, with_cpu)} | '
               f'{fmt(fwd_bwd, with_cpu)} | '
               f'{floor[0]} | {floor[1]} |', flush=True)
 

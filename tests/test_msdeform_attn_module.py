@@ -44,7 +44,8 @@ def test_init_gives_uniform_weights_and_grid_locations():
   assert out.shape == (2, 5, 16) and loc.shape == (2, 5, 4, 3, 2, 2) and weights.shape == (2, 5, 4, 3, 2)
   np.testing.assert_allclose(weights, 1.0 / 6.0, rtol=1e-6)
   # Head 1 (theta = pi / 2): offset (0, p + 1) pixels of each level.
-  expected_y = np.asarray(ref)[:, :, None, :, None, 1] + np.array([1.0, 2.0]) / np.array([h for h, _ in SHAPES])[:, None]
+  heights = np.array([h for h, _ in SHAPES], np.float64)[:, None]
+  expected_y = np.asarray(ref)[:, :, None, :, None, 1] + np.array([1.0, 2.0]) / heights
   np.testing.assert_allclose(loc[:, :, 1, :, :, 1], expected_y[:, :, 0], rtol=1e-6)
 
 

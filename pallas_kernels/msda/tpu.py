@@ -3,14 +3,16 @@
 STATUS: no TPU was available while this was written. The kernels are tested in TPU interpret mode
 (`pltpu.InterpretParams`, on CPU) against the XLA path, forward and gradients, and lowered to Mosaic MLIR with
 `jax.export(..., platforms=['tpu'])` on CPU; Mosaic's own compilation (layout inference, which is where
-lane-slicing and broadcast patterns can still be rejected) happens only on a TPU and has never run. `implementation=None` therefore keeps dispatching XLA on TPU: this kernel is opt-in
+lane-slicing and broadcast patterns can still be rejected) happens only on a TPU and has never run.
+`implementation=None` therefore keeps dispatching XLA on TPU: this kernel is opt-in
 (`implementation='pallas_tpu'`) until it has been compiled and measured on a TPU.
 
 Why one-hot matmuls: Mosaic TPU lowers gathers only along the two minor-most dimensions of an in-VMEM block
 (take_along_axis style; several known lowering failures, jax_anchors.md B5), so the per-sample row gathers of the
 GPU kernel do not map onto the TensorCore. Instead, for a block of `block_q` queries of one head and a tile of
 `block_s` value rows, the kernel builds the dense sampling matrix
-  A[q, s] = sum over (sample k, corner c) of coef[q, k, c] * [row[q, k, c] == s]     (VPU compares, [block_q, block_s])
+  A[q, s] = sum over (sample k, corner c) of coef[q, k, c] * [row[q, k, c] == s]     (VPU compares, [block_q,
+  block_s])
 and accumulates `A @ value_tile` on the MXU in float32. Backward reuses A: the value gradient is `A^T @ g`
 (a second kernel with the query blocks as the reduction axis) and the corner-weight gradient is
 `sum_s [row == s] * (g @ value_tile^T)[q, s]`. Rows and corner weights (attention weight x bilinear weight, 0 for
@@ -20,7 +22,8 @@ out-of-map corners) are computed in XLA by the same `common.bilinear_corners` as
 Cost is O(Q x S) per head, not O(Q x L x P): this is only reasonable because tiles that no sample of the query
 block touches are skipped (per-block row ranges arrive by scalar prefetch). That helps the decoder (few queries)
 and spatially coherent query blocks, but the encoder (Q = S, every query touching all levels) stays quadratic;
-a SparseCore row-gather kernel (`pltpu.sync_copy(value.at[rows], ...)`) is the natural next step on TPUs that have one.
+a SparseCore row-gather kernel (`pltpu.sync_copy(value.at[rows], ...)`) is the natural next step on TPUs that have
+one.
 """
 
 import functools

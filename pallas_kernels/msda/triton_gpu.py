@@ -4,10 +4,10 @@ STATUS: no GPU was available while this was written, so these kernels have never
 on a GPU. They are kept correct by construction and by tests/test_msda_kernels.py: interpret-mode runs
 (`interpret=True` on CPU, forward and gradients vs the XLA path) and a cross-lowering test that lowers forward
 and backward, float32 and bfloat16, to Triton IR with `jax.export(..., platforms=['cuda'])` on CPU (so the
-Pallas-to-Triton lowering accepts every op; Triton's own compiler passes are not exercised). Triton-specific constraints are respected where
-known (power-of-two block shapes, ref indexing with integer arrays for gathers, `pltriton.atomic_add` with a
-scalar row and a channel slice), but block sizes and `num_warps` are untuned guesses. Note also that the Pallas
-Triton backend is deprecated from jax 0.11 (jax_anchors.md B5).
+Pallas-to-Triton lowering accepts every op; Triton's own compiler passes are not exercised). Known Triton
+constraints are respected (power-of-two block shapes; gathers and atomics as ref indexing with integer arrays),
+but block sizes and `num_warps` are untuned guesses. The Pallas Triton backend is deprecated from jax 0.11
+(jax_anchors.md B5).
 
 Layout (as msda-triton and the CUDA op): the grid is `(B, ceil(Q / block_q), M)`; a program owns `block_q` queries
 of one head and all their `K = L * P` samples (padded to a power of two) and `D` channels (padded likewise):
