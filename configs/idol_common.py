@@ -6,9 +6,12 @@ Fields beyond `configs/common.py`:
   config.tracker.* inference thresholds of `IDOL_Tracker` and the per-frame detection filter.
 """
 
+import dataclasses
+
 import ml_collections
 
 from configs import common
+from visjax.models.backbones import swin
 from visjax.models.idol import model as idol_model
 
 
@@ -92,4 +95,18 @@ def idol_config(num_classes: int) -> ml_collections.ConfigDict:
   c.train.clip_grad_norm = 0.01
   c.train.checkpoint_every = 1000
   c.init_from = ''  # official: cocopretrain_R50.pth (COCO pseudo-pair pretraining, see idol_coco_pseudo.py)
+  return c
+
+
+def use_swin_l(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Switches an IDOL config to the official Swin-L backbone (`configs/*_swinL.yaml`, `ovis_swin.yaml`).
+
+  MODEL.SWIN: EMBED_DIM 192, DEPTHS [2, 2, 18, 2], NUM_HEADS [6, 12, 24, 48], WINDOW_SIZE 12, DROP_PATH_RATE 0.3,
+  PATCH_NORM, no APE (PRETRAIN_IMG_SIZE 384 only sizes the unused APE), OUT_FEATURES res2..res5 (res3..res5
+  feed IDOL, channels 384 / 768 / 1536). Nothing is frozen (frozen_stages -1); the solver and input settings equal
+  the R50 yaml of the same dataset.
+  """
+  c.model.backbone = 'swin'
+  c.model.swin = ml_collections.ConfigDict(dataclasses.asdict(swin.SWIN_L))
+  c.init_from = ''  # official: cocopretrain_SWINL.pth
   return c

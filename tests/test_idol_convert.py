@@ -1,6 +1,10 @@
-"""IDOL checkpoint conversion: parity of the whole forward with a torch CPU reference using the official key names,
-and strict failures (missing / unexpected keys, differing duplicate box heads)."""
+"""IDOL checkpoint conversion: parity of the whole forward with a torch CPU reference using the official key names
+(detectron2 ResNet and D2SwinTransformer backbones), the full-size R50 / Swin-L key layouts, and strict failures
+(missing / unexpected keys, differing duplicate box heads, wrong Swin window)."""
 
+import importlib
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -8,21 +12,25 @@ from flax import nnx
 
 from visjax import convert
 from visjax.convert import rules_idol
+from visjax.models.backbones import swin
 from visjax.models.idol import model as idol_model
 from visjax.models.layers import position
 
 torch = pytest.importorskip('torch')
-from torch_refs import idol_ref, resnet_refs  # pylint: disable=g-import-not-at-top
+from torch_refs import idol_ref, resnet_refs, swin_ref  # pylint: disable=g-import-not-at-top
 
 D_MODEL, QUERIES, CLASSES, DEC = 64, 20, 7, 2
 SIZES = ((64, 96), (50, 70))  # unpadded (h, w) of the two frames; the batch is 64 x 96
+# Tiny Swin: patch grid 16 x 24 is not a multiple of the window 7, so window padding and shifted masks are exercised.
+TINY_SWIN = dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=7)
 
 
-def _config():
+def _config(backbone='resnet'):
   c = idol_model.default_model_config()
-  c.update(backbone_depth=18, num_classes=CLASSES, d_model=D_MODEL, nheads=4, enc_layers=2, dec_layers=DEC,
-           dim_feedforward=96, enc_n_points=2, dec_n_points=2, num_queries=QUERIES, reid_dim=D_MODEL,
-           mask_dim=D_MODEL // 32)
+  c.update(backbone=backbone, backbone_depth=18, num_classes=CLASSES, d_model=D_MODEL, nheads=4, enc_layers=2,
+           dec_layers=DEC, dim_feedforward=96, enc_n_points=2, dec_n_points=2, num_queries=QUERIES,
+           reid_dim=D_MODEL, mask_dim=D_MODEL // 32, dropout=0.)  # dropout 0: train mode needs no rng
+  c.swin.update(TINY_SWIN)
   return c
 
 
@@ -31,11 +39,16 @@ def rel_err(a, b):
   return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12)
 
 
-def _torch_reference():
+def _torch_reference(backbone='resnet'):
   torch.manual_seed(0)
-  backbone = resnet_refs.randomize_(resnet_refs.D2ResNet(18, out_features=('res2', 'res3', 'res4', 'res5')))
-  ref = idol_ref.IDOLRef(backbone, (128, 256, 512), num_classes=CLASSES, num_queries=QUERIES, d_model=D_MODEL,
-                         nhead=4, enc_layers=2, dec_layers=DEC, dim_feedforward=96, enc_n_points=2, dec_n_points=2)
+  if backbone == 'resnet':
+    net = resnet_refs.randomize_(resnet_refs.D2ResNet(18, out_features=('res2', 'res3', 'res4', 'res5')))
+    channels = (128, 256, 512)
+  else:
+    net = swin_ref.randomize_(swin_ref.D2SwinTransformer(**TINY_SWIN), seed=3)
+    channels = (64, 128, 256)
+  ref = idol_ref.IDOLRef(net, channels, num_classes=CLASSES, num_queries=QUERIES, d_model=D_MODEL, nhead=4,
+                         enc_layers=2, dec_layers=DEC, dim_feedforward=96, enc_n_points=2, dec_n_points=2)
   return ref.eval()
 
 
@@ -48,12 +61,23 @@ def _state_dict(ref):
   return {k: v.detach().numpy().copy() for k, v in ref.state_dict().items()}
 
 
-@pytest.fixture(scope='module')
-def converted():
-  ref = _torch_reference()
-  model = _abstract_model()
-  report = convert.convert(_state_dict(ref), model, rules_idol.idol_rules())
+@pytest.fixture(scope='module', params=['resnet', 'swin'])
+def converted(request):
+  ref = _torch_reference(request.param)
+  config = _config(request.param)
+  model = _abstract_model(config)
+  report = convert.convert(_state_dict(ref), model, rules_idol.idol_rules(config))
+  _fill_rng_state(model)
   return ref, model, report
+
+
+def _fill_rng_state(model):
+  """Conversion leaves RNG state (Swin drop path) alone; an abstract model needs values there to run."""
+
+  def fill(x):
+    return jax.random.key(0) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else jnp.zeros(x.shape, x.dtype)
+
+  nnx.update(model, jax.tree.map(fill, nnx.state(model, nnx.RngState)))
 
 
 def test_every_key_consumed(converted):
@@ -62,7 +86,9 @@ def test_every_key_consumed(converted):
   assert any(k.startswith('detr.detr.transformer.decoder.bbox_embed.') for k in keys)  # duplicates present
   assert report.ok
   assert {k for k, _ in report.loaded} | set(report.dropped) == keys
-  assert set(report.dropped) == {k for k in keys if k.startswith('detr.detr.transformer.decoder.bbox_embed.')}
+  duplicates = {k for k in keys if k.startswith('detr.detr.transformer.decoder.bbox_embed.')}
+  index_buffers = {k for k in keys if k.endswith('relative_position_index')}  # Swin only: checked, then dropped
+  assert set(report.dropped) == duplicates | index_buffers
   assert any(p.endswith('self_attn.q_proj.kernel') for _, p in report.loaded)
 
 
@@ -91,6 +117,23 @@ def test_forward_matches_torch_reference(converted):
   assert rel_err(out['pred_embeds'], expected['pred_embeds']) <= 1e-4
   # The test is not vacuous: masks and boxes vary over queries and layers.
   assert np.std(expected['pred_masks']) > 0.1 and np.std(expected['pred_boxes'][1]) > 0.01
+
+
+def test_swin_drop_path_only_in_training(converted):
+  """The converted Swin IDOL is deterministic at inference although Swin-L's drop path (rate 0.3) is configured;
+  `train=True` turns drop path on (dropout off here so only the backbone is stochastic)."""
+  _, model, _ = converted
+  if not isinstance(model.backbone, swin.SwinTransformer):
+    pytest.skip('ResNet backbone: no drop path')
+  assert model.config.swin.drop_path_rate > 0 and model.config.dropout == 0
+  images = jnp.asarray(np.random.default_rng(1).integers(0, 256, size=(1, 64, 96, 3), dtype=np.uint8))
+  sizes = jnp.asarray([[64, 96]], jnp.int32)
+  run = nnx.jit(lambda m, train: m(images, sizes, train=train, mask_layers=(-1,))['pred_boxes'],
+                static_argnums=1)
+  evals = [np.asarray(run(model, False)) for _ in range(2)]
+  np.testing.assert_array_equal(evals[0], evals[1])
+  train = np.asarray(run(model, True))
+  assert not np.allclose(train, evals[0])
 
 
 def test_conversion_lists_missing_and_unexpected_keys():
@@ -132,6 +175,28 @@ def test_more_decoder_layers_in_checkpoint_fail():
     convert.convert(state, model, rules_idol.idol_rules())
 
 
+def test_resnet_checkpoint_into_swin_model_fails():
+  config = _config('swin')
+  with pytest.raises(convert.ConversionError, match=r'detr\.detr\.backbone\.0\.backbone\.stem\.conv1\.weight'):
+    convert.convert(_state_dict(_torch_reference('resnet')), _abstract_model(config), rules_idol.idol_rules(config))
+
+
+def test_swin_wrong_window_size_fails():
+  config = _config('swin')
+  state = _state_dict(_torch_reference('swin'))
+  config.swin.window_size = 6
+  with pytest.raises(convert.ConversionError, match='relative_position_index'):
+    convert.convert(state, _abstract_model(config), rules_idol.idol_rules(config))
+
+
+def test_unknown_backbone_rejected():
+  config = _config('vit')
+  with pytest.raises(ValueError, match="config.model.backbone must be 'resnet' or 'swin'"):
+    rules_idol.idol_rules(config)
+  with pytest.raises(ValueError, match="config.model.backbone must be 'resnet' or 'swin'"):
+    _abstract_model(config)
+
+
 def test_official_size_r50_state_converts():
   """The full YTVIS19 R50 architecture (6+6 layers, 300 queries, 4 levels) takes every key of the official layout."""
   from configs import idol_ytvis19  # pylint: disable=g-import-not-at-top
@@ -142,3 +207,49 @@ def test_official_size_r50_state_converts():
   assert report.ok and len(report.dropped) == 6 * 3 * 2
   assert state['detr.detr.query_embed.weight'].shape == (300, 512)
   assert report.num_values == sum(v.size for k, v in state.items() if 'decoder.bbox_embed' not in k)
+
+
+def test_swin_l_configs():
+  """The three Swin-L configs differ from their R50 ones only in the backbone (official yaml: same solver/input)."""
+  for name in ('ytvis19', 'ytvis21', 'ovis'):
+    swin_config = importlib.import_module(f'configs.idol_{name}_swinl').get_config()
+    r50_config = importlib.import_module(f'configs.idol_{name}').get_config()
+    assert swin_config.model.backbone == 'swin' and r50_config.model.backbone == 'resnet'
+    assert dict(swin_config.model.swin) == dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48),
+                                                window_size=12, patch_size=4, mlp_ratio=4.0, qkv_bias=True,
+                                                drop_path_rate=0.3, patch_norm=True)
+    swin_config.model.backbone = 'resnet'
+    swin_config.model.swin = r50_config.model.swin
+    assert swin_config.to_dict() == r50_config.to_dict(), name
+
+
+def test_official_size_swin_l_layout():
+  """Every key and shape of the official YTVIS19 Swin-L IDOL state (torch meta tensors, no memory) maps onto the
+  abstract model of `idol_ytvis19_swinl`, and every model variable is filled exactly once."""
+  from configs import idol_ytvis19_swinl  # pylint: disable=g-import-not-at-top
+  config = idol_ytvis19_swinl.get_config().model
+  with torch.device('meta'):
+    ref = idol_ref.IDOLRef(swin_ref.D2SwinTransformer(192, (2, 2, 18, 2), (6, 12, 24, 48), 12), (384, 768, 1536),
+                           num_classes=config.num_classes)
+  model = _abstract_model(config)
+  shapes = {convert.dotted(p): tuple(v.get_value().shape)
+            for p, v in nnx.to_flat_state(nnx.state(model, nnx.Not(nnx.RngState)))}
+  rules = rules_idol.idol_rules(config)
+  filled, dropped = [], []
+  for key, tensor in ref.state_dict().items():
+    found = rules.find(key)
+    assert found is not None, key
+    rule, m = found
+    if rule.target is None:
+      dropped.append(key)
+      continue
+    outs = rule.transform(np.empty(tuple(tensor.shape), np.float32))
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    for path, out in zip(rule.targets(m), outs, strict=True):
+      assert shapes[path] == out.shape, (key, path)
+      filled.append(path)
+  assert sorted(filled) == sorted(shapes)
+  assert shapes['input_proj.levels.0.conv.kernel'] == (1, 1, 384, 256)
+  assert shapes['backbone.norm0.scale'] == (192,)  # res2's output norm is in the checkpoint though unused
+  assert len([k for k in dropped if k.endswith('relative_position_index')]) == 24
+  assert len(dropped) == 24 + 6 * 3 * 2

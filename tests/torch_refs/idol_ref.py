@@ -207,7 +207,8 @@ class PositionEmbeddingSine(nn.Module):
 
 
 class MaskedBackbone(nn.Module):
-  """Holds the d2 ResNet as `.backbone` (key prefix `backbone.0.backbone.`)."""
+  """Holds the d2 backbone (`resnet_refs.D2ResNet` or `swin_ref.D2SwinTransformer`, returning res2..res5) as
+  `.backbone` (key prefix `backbone.0.backbone.`)."""
 
   def __init__(self, backbone):
     super().__init__()

@@ -1,9 +1,13 @@
-"""Conversion rules for the official IDOL checkpoints (wjf5203/VNext `projects/IDOL`, R50 / R101).
+"""Conversion rules for the official IDOL checkpoints (wjf5203/VNext `projects/IDOL`, R50 / R101 / Swin-L).
 
 The checkpoint is a detectron2 dict whose `model` entry holds the `IDOL` meta-architecture's state (`detr.*`).
 Every key is consumed:
 
-  detr.detr.backbone.0.backbone.*            -> backbone.*            (detectron2 ResNet rules)
+  detr.detr.backbone.0.backbone.*            -> backbone.*            (detectron2 ResNet rules, or the
+                                             D2SwinTransformer rules when `config.model.backbone == 'swin'`:
+                                             `patch_embed`, `layers.{i}.*`, `norm0..norm3` (all four exist in
+                                             the checkpoint, res2's unused), `relative_position_index` checked
+                                             against `swin.window_size` and dropped)
   detr.detr.input_proj.{i}.{0,1}.*           -> input_proj.levels.{i}.{conv,norm}.*
   detr.detr.query_embed.weight               -> query_embed.embedding
   detr.detr.transformer.*                    -> transformer.*         (`deformable_transformer_rules`)
@@ -19,7 +23,9 @@ Layouts: Linear weight transposed, Conv OIHW -> HWIO, LayerNorm/GroupNorm `weigh
 self-attention's fused `in_proj_weight [3C, C]` / `in_proj_bias [3C]` split into q/k/v (rows [0:C], [C:2C], [2C:3C]).
 """
 
-from visjax.convert.backbone_rules import resnet_d2_rules
+import ml_collections
+
+from visjax.convert.backbone_rules import resnet_d2_rules, swin_rules
 from visjax.convert.rules import Rule, RuleTable, chunks, conv_kernel, duplicate, identity, linear_kernel, prefixed
 
 
@@ -72,9 +78,20 @@ def input_proj_rules(torch_prefix: str = 'input_proj.', nnx_prefix: str = 'input
   ])
 
 
-def idol_rules() -> RuleTable:
-  """The full IDOL table (see module docstring)."""
-  rules = (resnet_d2_rules('detr.detr.backbone.0.backbone.', 'backbone')
+def backbone_rules(model_config: ml_collections.ConfigDict | None = None) -> RuleTable:
+  """`detr.detr.backbone.0.backbone.*` -> `backbone.*` for the backbone that `model_config` selects (None: ResNet)."""
+  kind = 'resnet' if model_config is None else model_config.get('backbone', 'resnet')
+  prefix = 'detr.detr.backbone.0.backbone.'
+  if kind == 'resnet':
+    return resnet_d2_rules(prefix, 'backbone')
+  if kind == 'swin':
+    return swin_rules(prefix, 'backbone', window_size=model_config.swin.window_size)
+  raise ValueError(f"IDOL config.model.backbone must be 'resnet' or 'swin', got {kind!r}.")
+
+
+def idol_rules(model_config: ml_collections.ConfigDict | None = None) -> RuleTable:
+  """The full IDOL table (see module docstring) for `config.model` (None: the ResNet backbone)."""
+  rules = (backbone_rules(model_config)
            + input_proj_rules('detr.detr.input_proj.', 'input_proj')
            + deformable_transformer_rules('detr.detr.transformer.', 'transformer')
            + [duplicate(r'detr\.detr\.transformer\.decoder\.bbox_embed\.(.*)', r'detr.detr.bbox_embed.\1'),

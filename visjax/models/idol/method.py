@@ -201,7 +201,7 @@ def predict_video(model: nnx.Module, video: dict[str, Any], config: ml_collectio
   return predictor.records()
 
 
-def conversion_rules(config: ml_collections.ConfigDict):  # pylint: disable=unused-argument
+def conversion_rules(config: ml_collections.ConfigDict):
   """Official IDOL checkpoint keys → NNX state paths (`visjax.convert.rules_idol`)."""
   from visjax.convert import rules_idol  # pylint: disable=g-import-not-at-top
-  return rules_idol.idol_rules()
+  return rules_idol.idol_rules(config.model)

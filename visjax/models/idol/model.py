@@ -2,7 +2,8 @@
 
 Module names mirror the official `IDOL.detr` tree (see `visjax/convert/rules_idol.py` for the mapping):
 
-  backbone          detectron2 ResNet, res3..res5 (torch `detr.detr.backbone.0.backbone`)
+  backbone          detectron2 ResNet or D2SwinTransformer (`config.model.backbone`), res3..res5 used (torch
+                    `detr.detr.backbone.0.backbone`)
   input_proj        `InputProjection` (torch `detr.detr.input_proj`)
   transformer       `DeformableTransformer` (torch `detr.detr.transformer`)
   query_embed       Embed(Q, 2C) (torch `detr.detr.query_embed`)
@@ -17,6 +18,7 @@ stride 4 (for all queries; the mask of layer l uses the reference entering layer
 image, as IDOL does), the last layer's re-ID embeddings and the references.
 """
 
+import dataclasses
 import functools
 import math
 from typing import Any, Sequence
@@ -27,6 +29,7 @@ import ml_collections
 from flax import nnx
 
 from visjax.models.backbones import resnet
+from visjax.models.backbones import swin
 from visjax.models.heads import dynamic_mask
 from visjax.models.layers.mlp import MLP, torch_default_kernel_init
 from visjax.models.layers.position import sine_position_embedding
@@ -37,10 +40,17 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 
 
 def default_model_config() -> ml_collections.ConfigDict:
-  """The official IDOL R50 model settings (`config.model` of the IDOL configs)."""
+  """The official IDOL R50 model settings (`config.model` of the IDOL configs).
+
+  `backbone` picks the network: 'resnet' (detectron2 ResNet of depth `backbone_depth`, stages below `freeze_at`
+  frozen) or 'swin' (D2SwinTransformer sized by `swin`, the fields of `visjax.models.backbones.swin.SwinConfig`;
+  defaults are the official Swin-L ones, nothing frozen). Either way res3..res5 feed the input projections.
+  """
   m = ml_collections.ConfigDict()
+  m.backbone = 'resnet'  # 'resnet' | 'swin'
   m.backbone_depth = 50  # detectron2 ResNet depth (18/34/50/101)
   m.freeze_at = 2  # detectron2 FREEZE_AT: stem + res2 frozen
+  m.swin = ml_collections.ConfigDict(dataclasses.asdict(swin.SWIN_L))  # MODEL.SWIN.* (backbone == 'swin')
   m.num_classes = 40
   m.d_model = 256
   m.nheads = 8
@@ -70,6 +80,26 @@ def _round_up(x: int, m: int) -> int:
   return -(-x // m) * m
 
 
+def build_backbone(c: ml_collections.ConfigDict, *, dtype: Any, rngs: nnx.Rngs) -> tuple[nnx.Module, list[int]]:
+  """The backbone of `config.model` (returning res3..res5) and its res3..res5 channels."""
+  kind = c.get('backbone', 'resnet')
+  if kind == 'resnet':
+    net = resnet.resnet_d2(c.backbone_depth, out_features=('res3', 'res4', 'res5'), freeze_at=c.freeze_at,
+                           dtype=dtype, rngs=rngs)
+    expansion = 4 if resnet.DEPTHS[c.backbone_depth].bottleneck else 1
+    return net, [128 * expansion, 256 * expansion, 512 * expansion]
+  if kind == 'swin':
+    fields = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in c.swin.items()}
+    try:
+      size = swin.SwinConfig(**fields)
+    except TypeError as e:
+      known = [f.name for f in dataclasses.fields(swin.SwinConfig)]
+      raise ValueError(f'IDOL config.model.swin: {e}; fields are {known}.') from e
+    net = swin.SwinTransformer(size, out_features=('res3', 'res4', 'res5'), dtype=dtype, rngs=rngs)
+    return net, list(net.num_features[1:])
+  raise ValueError(f"IDOL config.model.backbone must be 'resnet' or 'swin', got {kind!r}.")
+
+
 class IDOL(nnx.Module):
   """IDOL detector / segmenter for single frames (tracking happens on the host, see `tracker.py`)."""
 
@@ -89,10 +119,7 @@ class IDOL(nnx.Module):
       raise ValueError(f'IDOL config.model: d_model ({c.d_model}) must be a multiple of 32 (GroupNorm(32)).')
     self.config = ml_collections.FrozenConfigDict(c)  # static (hashable) copy
     self.dtype = dtype
-    self.backbone = resnet.resnet_d2(c.backbone_depth, out_features=('res3', 'res4', 'res5'),
-                                     freeze_at=c.freeze_at, dtype=dtype, rngs=rngs)
-    expansion = 4 if resnet.DEPTHS[c.backbone_depth].bottleneck else 1
-    in_channels = [128 * expansion, 256 * expansion, 512 * expansion]
+    self.backbone, in_channels = build_backbone(c, dtype=dtype, rngs=rngs)
     self.input_proj = deformable.InputProjection(in_channels, c.d_model, c.num_feature_levels, dtype=dtype,
                                                  rngs=rngs)
     self.transformer = deformable.DeformableTransformer(
@@ -156,7 +183,8 @@ class IDOL(nnx.Module):
       images: uint8 or float `[N, H, W, 3]` RGB 0..255, zero-padded bottom/right (any H, W; padded internally to
         a multiple of `size_divisibility`).
       image_size: int `[N, 2]` unpadded `(h, w)` of each frame.
-      train: enables dropout (needs `rng`).
+      train: enables dropout (needs `rng`) and the Swin backbone's drop path (which draws from the `dropout`
+        / default stream of the construction `rngs`).
       rng: PRNG key for dropout (used only when `train` and dropout > 0).
       mask_layers: decoder layers whose masks are computed (e.g. `(-1,)` at inference); None = all.
 
@@ -180,7 +208,10 @@ class IDOL(nnx.Module):
     if self.dtype is not None:
       x = x.astype(self.dtype)
 
-    feats = self.backbone(x)
+    backbone = self.backbone
+    if any(isinstance(m, nnx.Dropout) for _, m in nnx.iter_modules(backbone)):  # Swin drop path
+      backbone = nnx.view(backbone, only=nnx.Dropout, deterministic=not train)
+    feats = backbone(x)
     srcs, masks = self.input_proj([feats['res3'], feats['res4'], feats['res5']], pad_mask)
     pos = [sine_position_embedding(m, c.d_model // 2) for m in masks]
     out = self.transformer(srcs, masks, pos, self.query_embed.embedding[...], list(self.bbox_embed),
