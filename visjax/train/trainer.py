@@ -197,11 +197,8 @@ class MetricLogger:
     if not enabled:
       return
     _truncate_log(self.path, start_step)
-    try:
-      import tensorboardX  # pylint: disable=g-import-not-at-top
-      self._writer = tensorboardX.SummaryWriter(os.path.join(workdir, 'logs'))
-    except ImportError:
-      logging.warning('tensorboardX is not installed: no TensorBoard events are written.')
+    import tensorboardX  # pylint: disable=g-import-not-at-top
+    self._writer = tensorboardX.SummaryWriter(os.path.join(workdir, 'logs'))
     import tqdm  # pylint: disable=g-import-not-at-top
     self._bar = tqdm.tqdm(total=num_steps, initial=start_step, unit='step', dynamic_ncols=True, smoothing=0.1)
 
