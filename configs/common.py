@@ -45,19 +45,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.input.prefetch = 2
   c.input.source = 'data_pipeline.input'  # module with make_train_iterator(config, pid, n) and eval_videos(...)
 
+  # Method-neutral defaults (plain AdamW, constant lr, no clipping); each method config sets its official recipe.
   c.train = ml_collections.ConfigDict()
-  c.train.num_steps = 12000
+  c.train.num_steps = 1000
   c.train.log_every = 50
   c.train.checkpoint_every = 1000
   c.train.keep_checkpoints = 3
   c.train.lr = 1e-4
-  c.train.backbone_lr_mult = 0.1
-  c.train.weight_decay = 1e-4
-  c.train.lr_steps = (8000,)
+  c.train.backbone_lr_mult = 1.0
+  c.train.weight_decay = 0.0
+  c.train.lr_steps = ()
   c.train.lr_gamma = 0.1
-  c.train.warmup_steps = 10
+  c.train.warmup_steps = 0
   c.train.warmup_factor = 1.0
-  c.train.clip_grad_norm = 0.01
+  c.train.clip_grad_norm = 0.0  # <= 0: off
   c.train.grad_accum = 1
   c.train.compute_dtype = 'float32'  # passed to the model ('bfloat16' on TPU/GPU); params stay float32
   c.train.backbone_wd_mult = 1.0  # weight decay x this on 'backbone' parameters

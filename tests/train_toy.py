@@ -44,6 +44,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.log_every = 1
   c.train.checkpoint_every = 100
   c.train.lr = 1e-2
+  c.train.backbone_lr_mult = 0.1  # exercises the per-parameter lr multiplier
+  c.train.weight_decay = 1e-4
+  c.train.lr_steps = (8000,)
   c.train.warmup_steps = 0
   c.train.clip_grad_norm = 1.0
   c.toy_nan_at_step = -1
