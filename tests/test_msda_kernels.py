@@ -1,5 +1,7 @@
 """Multi-scale deformable attention kernels vs a float64 NumPy oracle, torch grid_sample, and each other."""
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -289,7 +291,11 @@ def test_pallas_kernels_lower_for_their_platform(platform, implementation, value
     f = lambda v, l, a: tpu.ms_deform_attn_tpu(v, spatial_shapes, l, a)
     target = 'tpu_custom_call'
   grad = jax.value_and_grad(lambda v, l, a: jnp.sum(f(v, l, a)), argnums=(0, 1, 2))
-  exported = jax.export.export(jax.jit(grad), platforms=[platform],
-                               disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(target)])(*args)
+  # Newer JAX lowers Triton kernels for the GPU it targets; with no GPU attached, name one (an H100) abstractly.
+  target_gpu = jax.sharding.AbstractMesh(
+      (1,), ('d',), abstract_device=jax.sharding.AbstractDevice('NVIDIA H100 80GB HBM3', None, 'gpu'))
+  with jax.sharding.use_abstract_mesh(target_gpu) if platform == 'cuda' else contextlib.nullcontext():
+    exported = jax.export.export(jax.jit(grad), platforms=[platform],
+                                 disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(target)])(*args)
   module = exported.mlir_module()
   assert module.count(target) >= 2  # the forward kernel and the backward kernel(s)
