@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from visjax import convert
+from visjax.models.backbones import resnet as resnet_lib
 from visjax.models.backbones import resnet_d2, resnet_tv
 from visjax.models.layers.norms import Frozen
 
@@ -46,6 +47,23 @@ def test_parity_with_torch(layout, depth, hw):
     assert out[name].shape == want.shape, name
     err = parity.rel_err(out[name], want)
     assert err <= TOL, f'{layout} R{depth} {name}: rel err {err:.2e}'
+
+
+@pytest.mark.parametrize('depth', [18, 50])
+def test_group_norm_parity_with_torch(depth):
+  """detectron2 RESNETS.NORM='GN' (GroupNorm(32), trainable, for training from scratch) ports and matches torch."""
+  ref = resnet_refs.randomize_(resnet_refs.D2ResNet(depth, norm='GN'), seed=depth + 1)
+  model = nnx.eval_shape(lambda: resnet_d2(depth, norm='GN', freeze_at=0, rngs=nnx.Rngs(0)))
+  report = convert.convert(ref.state_dict(), model, convert.resnet_d2_rules('', '', norm='GN'))
+  assert report.ok and not report.allowed_missing
+  x = _image(2, 45, 38)
+  expected = parity.run_torch(ref, x)
+  out = model(jnp.asarray(x))
+  for name, want in expected.items():
+    err = parity.rel_err(out[name], want)
+    assert err <= TOL, f'GN R{depth} {name}: rel err {err:.2e}'
+  trainable = {'.'.join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+  assert 'stem.conv1.norm.scale' in trainable and 'res5.0.shortcut.norm.bias' in trainable
 
 
 def test_torchvision_weights_into_detectron2_layout():
@@ -134,6 +152,10 @@ def test_bad_arguments_raise():
     resnet_d2(50, out_features=('res6',), rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match='NHWC'):
     resnet_d2(18, rngs=nnx.Rngs(0))(jnp.zeros((1, 3, 32, 32)))
+  with pytest.raises(ValueError, match="norm must be one of .*'BN'"):
+    resnet_d2(18, norm='BN', rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match='norm'):
+    resnet_lib.ResNet(18, layout='torchvision', norm='GN', rngs=nnx.Rngs(0))
 
 
 def test_jit_matches_eager():

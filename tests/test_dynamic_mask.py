@@ -80,10 +80,11 @@ def test_rel_coord_scale_divides_coordinates():
   assert rel_err(c, a) < 1e-6
 
 
-def test_mask_head_small_conv_matches_torch():
+@pytest.mark.parametrize('out_channels', [None, 8])  # None: the official dim // 32
+def test_mask_head_small_conv_matches_torch(out_channels):
   torch.manual_seed(0)
-  ref = idol_ref.MaskHeadSmallConv(64).double().eval()
-  head = dynamic_mask.MaskHeadSmallConv(64, rngs=nnx.Rngs(0))
+  ref = idol_ref.MaskHeadSmallConv(64, out_channels).double().eval()
+  head = dynamic_mask.MaskHeadSmallConv(64, out_channels, rngs=nnx.Rngs(0))
   rules = convert.RuleTable([convert.Rule(r'(lay[1-4]|dcn)\.weight', r'\1.kernel', convert.conv_kernel),
                              convert.Rule(r'(lay[1-4]|dcn)\.bias', r'\1.bias')])
   convert.convert({k: v.numpy() for k, v in ref.state_dict().items()}, head, rules)
@@ -93,7 +94,7 @@ def test_mask_head_small_conv_matches_torch():
   with torch.no_grad():
     expected = ref([torch.from_numpy(m) for m in maps]).numpy()
   got = head([jnp.asarray(m.transpose(0, 2, 3, 1), jnp.float32) for m in maps])
-  assert got.shape == (2, 8, 12, 2)
+  assert got.shape == (2, 8, 12, out_channels or 2)
   assert rel_err(np.asarray(got).transpose(0, 3, 1, 2), expected) < 1e-5
   with pytest.raises(ValueError, match='expected 3 feature maps'):
     head([jnp.asarray(m.transpose(0, 2, 3, 1)) for m in maps[:2]])

@@ -251,10 +251,10 @@ class DeformableDETR(nn.Module):
 
 class MaskHeadSmallConv(nn.Module):
 
-  def __init__(self, dim):
+  def __init__(self, dim, out_channels=None):
     super().__init__()
     self.lay1 = nn.Conv2d(dim, dim // 4, 3, padding=1)
-    self.lay2 = nn.Conv2d(dim // 4, dim // 32, 3, padding=1)
+    self.lay2 = nn.Conv2d(dim // 4, out_channels or dim // 32, 3, padding=1)
     self.lay3 = nn.Conv2d(dim, dim, 3, padding=1)
     self.lay4 = nn.Conv2d(dim, dim, 3, padding=1)
     self.dcn = nn.Conv2d(dim, dim, 3, padding=1)

@@ -36,11 +36,16 @@ class D2Conv2d(nn.Conv2d):
     return x if self.norm is None else self.norm(x)
 
 
+def d2_norm(norm, channels):
+  """detectron2 get_norm: 'FrozenBN' or 'GN' (GroupNorm(32, C))."""
+  return FrozenBatchNorm2d(channels) if norm == 'FrozenBN' else nn.GroupNorm(32, channels)
+
+
 class D2Stem(nn.Module):
 
-  def __init__(self):
+  def __init__(self, norm='FrozenBN'):
     super().__init__()
-    self.conv1 = D2Conv2d(3, 64, 7, stride=2, padding=3, bias=False, norm=FrozenBatchNorm2d(64))
+    self.conv1 = D2Conv2d(3, 64, 7, stride=2, padding=3, bias=False, norm=d2_norm(norm, 64))
 
   def forward(self, x):
     return F.max_pool2d(F.relu(self.conv1(x)), kernel_size=3, stride=2, padding=1)
@@ -49,9 +54,9 @@ class D2Stem(nn.Module):
 class D2Block(nn.Module):
   """detectron2 BottleneckBlock / BasicBlock."""
 
-  def __init__(self, cin, cout, width, stride, bottleneck, stride_in_1x1=False):
+  def __init__(self, cin, cout, width, stride, bottleneck, stride_in_1x1=False, norm='FrozenBN'):
     super().__init__()
-    conv = lambda i, o, k, s: D2Conv2d(i, o, k, stride=s, padding=k // 2, bias=False, norm=FrozenBatchNorm2d(o))
+    conv = lambda i, o, k, s: D2Conv2d(i, o, k, stride=s, padding=k // 2, bias=False, norm=d2_norm(norm, o))
     self.shortcut = conv(cin, cout, 1, stride) if (cin != cout or stride != 1) else None
     if bottleneck:
       s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
@@ -71,11 +76,11 @@ class D2Block(nn.Module):
 
 class D2ResNet(nn.Module):
 
-  def __init__(self, depth=50, out_features=('res2', 'res3', 'res4', 'res5'), stride_in_1x1=False):
+  def __init__(self, depth=50, out_features=('res2', 'res3', 'res4', 'res5'), stride_in_1x1=False, norm='FrozenBN'):
     super().__init__()
     bottleneck = depth >= 50
     exp = 4 if bottleneck else 1
-    self.stem = D2Stem()
+    self.stem = D2Stem(norm)
     self.out_features = out_features
     self.stage_names = []
     cin = 64
@@ -84,7 +89,8 @@ class D2ResNet(nn.Module):
       width = 64 * 2**i
       blocks = []
       for j in range(BLOCKS[depth][i]):
-        blocks.append(D2Block(cin, width * exp, width, 2 if (i > 0 and j == 0) else 1, bottleneck, stride_in_1x1))
+        blocks.append(D2Block(cin, width * exp, width, 2 if (i > 0 and j == 0) else 1, bottleneck, stride_in_1x1,
+                              norm))
         cin = width * exp
       name = f'res{i + 2}'
       self.add_module(name, nn.Sequential(*blocks))
@@ -169,4 +175,7 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
         m.bias.copy_(0.1 * torch.randn(c, generator=g))
         m.running_mean.copy_(0.1 * torch.randn(c, generator=g))
         m.running_var.copy_(0.5 + torch.rand(c, generator=g))
+      if isinstance(m, nn.GroupNorm):
+        m.weight.copy_(0.5 + torch.rand(m.num_channels, generator=g))
+        m.bias.copy_(0.1 * torch.randn(m.num_channels, generator=g))
   return model.eval()

@@ -15,15 +15,22 @@ from visjax.models.backbones.swin import relative_position_index
 _BN = r'(weight|bias|running_mean|running_var)'
 
 
-def resnet_d2_rules(torch_prefix: str = 'backbone.', nnx_prefix: str = '') -> RuleTable:
-  """detectron2 ResNet (`stem.conv1`, `res{2-5}.{i}.conv{1-3}` / `.shortcut`, each with FrozenBN `.norm`)."""
+def resnet_d2_rules(torch_prefix: str = 'backbone.', nnx_prefix: str = '', *, norm: str = 'FrozenBN') -> RuleTable:
+  """detectron2 ResNet (`stem.conv1`, `res{2-5}.{i}.conv{1-3}` / `.shortcut`, each with a `.norm`).
+
+  `norm`: 'FrozenBN' (weight, bias, running_mean, running_var) or 'GN' (torch `weight` -> NNX `scale`, `bias`).
+  """
   t, n = prefixed(torch_prefix, nnx_prefix)
   conv = r'(stem\.conv1|res[2-5]\.\d+\.(?:conv[1-3]|shortcut))'
-  return RuleTable([
-      Rule(rf'{t}{conv}\.weight', rf'{n}\g<1>.kernel', conv_kernel),
-      Rule(rf'{t}{conv}\.norm\.{_BN}', rf'{n}\g<1>.norm.\g<2>'),
-      drop(rf'{t}{conv}\.norm\.num_batches_tracked'),
-  ])
+  if norm == 'GN':
+    norm_rules = [Rule(rf'{t}{conv}\.norm\.weight', rf'{n}\g<1>.norm.scale'),
+                  Rule(rf'{t}{conv}\.norm\.bias', rf'{n}\g<1>.norm.bias')]
+  elif norm == 'FrozenBN':
+    norm_rules = [Rule(rf'{t}{conv}\.norm\.{_BN}', rf'{n}\g<1>.norm.\g<2>'),
+                  drop(rf'{t}{conv}\.norm\.num_batches_tracked')]
+  else:
+    raise ValueError(f"resnet_d2_rules: norm must be 'FrozenBN' or 'GN', got {norm!r}")
+  return RuleTable([Rule(rf'{t}{conv}\.weight', rf'{n}\g<1>.kernel', conv_kernel)] + norm_rules)
 
 
 def resnet_tv_rules(torch_prefix: str = 'backbone.', nnx_prefix: str = '') -> RuleTable:

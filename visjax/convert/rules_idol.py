@@ -83,7 +83,8 @@ def backbone_rules(model_config: ml_collections.ConfigDict | None = None) -> Rul
   kind = 'resnet' if model_config is None else model_config.get('backbone', 'resnet')
   prefix = 'detr.detr.backbone.0.backbone.'
   if kind == 'resnet':
-    return resnet_d2_rules(prefix, 'backbone')
+    norm = 'FrozenBN' if model_config is None else model_config.get('backbone_norm', 'FrozenBN')
+    return resnet_d2_rules(prefix, 'backbone', norm=norm)
   if kind == 'swin':
     return swin_rules(prefix, 'backbone', window_size=model_config.swin.window_size)
   raise ValueError(f"IDOL config.model.backbone must be 'resnet' or 'swin', got {kind!r}.")

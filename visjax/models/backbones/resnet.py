@@ -4,8 +4,9 @@ Two layouts of the same network, with module paths mirroring the PyTorch attribu
 by name (see `visjax.convert.backbone_rules`):
 
 * `layout='detectron2'` (IDOL, VITA, VISOLO): `stem.conv1` (+ `.norm`), stages `res2`..`res5`, blocks with
-  `conv1`/`conv2`/`conv3` each carrying its own `.norm` (FrozenBN, eps 1e-5), and `shortcut` (+ `.norm`) on the
-  first block of a stage. NNX state paths look like `('res2', 0, 'conv1', 'norm', 'weight')`.
+  `conv1`/`conv2`/`conv3` each carrying its own `.norm` (FrozenBN, eps 1e-5, as every released checkpoint; or
+  `norm='GN'`, detectron2's trainable GroupNorm(32), for training from scratch), and `shortcut` (+ `.norm`) on
+  the first block of a stage. NNX state paths look like `('res2', 0, 'conv1', 'norm', 'weight')`.
   Stages after the last requested output are not built (detectron2 does the same, so e.g. VISOLO has no res5).
   torchvision-layout weights (ImageNet) load into this layout with `visjax.convert.resnet_tv_to_d2_rules`.
 * `layout='torchvision'` (IAI via mmdet `ResNet(style='pytorch', norm_eval=True)`): `conv1`, `bn1`, stages
@@ -39,6 +40,7 @@ from visjax.models.layers import norms
 
 STAGE_NAMES = ('res2', 'res3', 'res4', 'res5')
 LAYOUTS = ('detectron2', 'torchvision')
+D2_NORMS = ('FrozenBN', 'GN')  # detectron2 MODEL.RESNETS.NORM values supported
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +97,16 @@ def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
                                ((0, 0), (1, 1), (1, 1), (0, 0)))
 
 
+def d2_norm(norm: str, channels: int, *, rngs: nnx.Rngs) -> nnx.Module:
+  """detectron2 `get_norm(MODEL.RESNETS.NORM, channels)`: 'FrozenBN' (fixed affine, the pretrained-weights
+  setting) or 'GN' (trainable GroupNorm(32), for training from scratch)."""
+  if norm == 'FrozenBN':
+    return norms.FrozenBatchNorm2d(channels)
+  if norm == 'GN':
+    return norms.group_norm(channels, rngs=rngs)
+  raise ValueError(f"detectron2 ResNet norm must be one of {D2_NORMS}, got {norm!r}")
+
+
 class Block(nnx.Module):
   """A residual block (bottleneck 1x1-3x3-1x1 or basic 3x3-3x3) in either layout.
 
@@ -103,14 +115,14 @@ class Block(nnx.Module):
   """
 
   def __init__(self, in_channels: int, out_channels: int, *, bottleneck_channels: int, stride: int,
-               bottleneck: bool, layout: str, stride_in_1x1: bool, dtype: jnp.dtype | None,
+               bottleneck: bool, layout: str, stride_in_1x1: bool, norm: str, dtype: jnp.dtype | None,
                rngs: nnx.Rngs):
     self.layout = layout
     d2 = layout == 'detectron2'
 
     def conv(cin, cout, k, s):
-      norm = norms.FrozenBatchNorm2d(cout) if d2 else None
-      return Conv2d(cin, cout, k, stride=s, padding=k // 2, norm=norm, dtype=dtype, rngs=rngs)
+      norm_module = d2_norm(norm, cout, rngs=rngs) if d2 else None
+      return Conv2d(cin, cout, k, stride=s, padding=k // 2, norm=norm_module, dtype=dtype, rngs=rngs)
 
     if bottleneck:
       s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
@@ -150,10 +162,11 @@ class Block(nnx.Module):
 
 
 class Stem(nnx.Module):
-  """detectron2 `BasicStem`: `conv1` (7x7/2, pad 3, no bias, `.norm` FrozenBN) -> ReLU -> 3x3/2 max-pool."""
+  """detectron2 `BasicStem`: `conv1` (7x7/2, pad 3, no bias, `.norm`) -> ReLU -> 3x3/2 max-pool."""
 
-  def __init__(self, out_channels: int = 64, *, dtype: jnp.dtype | None = None, rngs: nnx.Rngs):
-    self.conv1 = Conv2d(3, out_channels, 7, stride=2, padding=3, norm=norms.FrozenBatchNorm2d(out_channels),
+  def __init__(self, out_channels: int = 64, *, norm: str = 'FrozenBN', dtype: jnp.dtype | None = None,
+               rngs: nnx.Rngs):
+    self.conv1 = Conv2d(3, out_channels, 7, stride=2, padding=3, norm=d2_norm(norm, out_channels, rngs=rngs),
                         dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -166,7 +179,7 @@ class ResNet(nnx.Module):
 
   def __init__(self, depth: int = 50, *, layout: str = 'detectron2',
                out_features: Sequence[str] = STAGE_NAMES, freeze_at: int = 0, stride_in_1x1: bool = False,
-               dtype: jnp.dtype | None = None, rngs: nnx.Rngs):
+               norm: str = 'FrozenBN', dtype: jnp.dtype | None = None, rngs: nnx.Rngs):
     """Builds the network.
 
     Args:
@@ -175,6 +188,7 @@ class ResNet(nnx.Module):
       out_features: subset of ('res2', 'res3', 'res4', 'res5') returned by `__call__`.
       freeze_at: detectron2 `FREEZE_AT` (0 none, 1 stem, k stem + res2..res_k); mmdet `frozen_stages + 1`.
       stride_in_1x1: put the stride in the first 1x1 conv (MSRA/caffe style) instead of the 3x3.
+      norm: detectron2 layout only: 'FrozenBN' (default, as the released checkpoints) or 'GN' (GroupNorm(32)).
       dtype: compute dtype of the convolutions (params stay float32); None keeps the input dtype.
       rngs: initialisation RNGs (random init; load real weights with `visjax.convert`).
     """
@@ -185,6 +199,9 @@ class ResNet(nnx.Module):
     unknown = [f for f in out_features if f not in STAGE_NAMES]
     if unknown or not out_features:
       raise ValueError(f'out_features must be a non-empty subset of {STAGE_NAMES}, got {tuple(out_features)}')
+    if norm not in D2_NORMS or (layout != 'detectron2' and norm != 'FrozenBN'):
+      raise ValueError(f"ResNet norm must be one of {D2_NORMS} (detectron2 layout only), got {norm!r} with "
+                       f"layout {layout!r}")
     if not 0 <= freeze_at <= 5:
       raise ValueError(f'freeze_at must be in [0, 5], got {freeze_at}')
     spec = DEPTHS[depth]
@@ -195,7 +212,7 @@ class ResNet(nnx.Module):
     num_stages = max(STAGE_NAMES.index(f) for f in out_features) + 1 if d2 else 4
     if d2:
       self.stage_names = STAGE_NAMES[:num_stages]
-      self.stem = Stem(64, dtype=dtype, rngs=rngs)
+      self.stem = Stem(64, norm=norm, dtype=dtype, rngs=rngs)
     else:
       self.stage_names = tuple(f'layer{i + 1}' for i in range(num_stages))
       self.conv1 = Conv2d(3, 64, 7, stride=2, padding=3, dtype=dtype, rngs=rngs)
@@ -210,7 +227,7 @@ class ResNet(nnx.Module):
       for j in range(spec.blocks[i]):
         blocks.append(Block(in_channels, out_channels, bottleneck_channels=width,
                             stride=(2 if i > 0 and j == 0 else 1), bottleneck=spec.bottleneck, layout=layout,
-                            stride_in_1x1=stride_in_1x1, dtype=dtype, rngs=rngs))
+                            stride_in_1x1=stride_in_1x1, norm=norm, dtype=dtype, rngs=rngs))
         in_channels = out_channels
       setattr(self, name, nnx.List(blocks))
 
@@ -245,10 +262,11 @@ class ResNet(nnx.Module):
 
 
 def resnet_d2(depth: int = 50, *, out_features: Sequence[str] = STAGE_NAMES, freeze_at: int = 2,
-              stride_in_1x1: bool = False, dtype: jnp.dtype | None = None, rngs: nnx.Rngs) -> ResNet:
-  """detectron2 `build_resnet_backbone` with FrozenBN (defaults: FREEZE_AT 2, STRIDE_IN_1X1 False)."""
+              stride_in_1x1: bool = False, norm: str = 'FrozenBN', dtype: jnp.dtype | None = None,
+              rngs: nnx.Rngs) -> ResNet:
+  """detectron2 `build_resnet_backbone` (defaults: NORM FrozenBN, FREEZE_AT 2, STRIDE_IN_1X1 False)."""
   return ResNet(depth, layout='detectron2', out_features=out_features, freeze_at=freeze_at,
-                stride_in_1x1=stride_in_1x1, dtype=dtype, rngs=rngs)
+                stride_in_1x1=stride_in_1x1, norm=norm, dtype=dtype, rngs=rngs)
 
 
 def resnet_tv(depth: int = 50, *, out_features: Sequence[str] = STAGE_NAMES, frozen_stages: int = 1,

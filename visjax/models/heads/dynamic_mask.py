@@ -134,22 +134,26 @@ def _conv3x3(in_channels: int, out_channels: int, dtype: Any, rngs: nnx.Rngs) ->
 
 
 class MaskHeadSmallConv(nnx.Module):
-  """IDOL's `mask_head`: top-down fusion of encoder maps into `dim // 32` channels at the finest stride.
+  """IDOL's `mask_head`: top-down fusion of encoder maps into `out_channels` at the finest stride.
 
-  Parameters: `lay1` (dim -> dim/4), `lay2` (dim/4 -> dim/32), `lay3`, `lay4`, `dcn` (dim -> dim), all 3x3.
+  Parameters: `lay1` (dim -> dim/4), `lay2` (dim/4 -> out_channels), `lay3`, `lay4`, `dcn` (dim -> dim), all 3x3.
+  The official head hard-wires `out_channels = dim // 32` (8 at d_model 256); small models may ask for more.
   """
 
-  def __init__(self, dim: int = 256, *, dtype: Any = None, rngs: nnx.Rngs):
+  def __init__(self, dim: int = 256, out_channels: int | None = None, *, dtype: Any = None, rngs: nnx.Rngs):
     if dim % 32:
       raise ValueError(f'MaskHeadSmallConv: dim must be a multiple of 32, got {dim}.')
+    out_channels = dim // 32 if out_channels is None else out_channels
+    if out_channels < 1:
+      raise ValueError(f'MaskHeadSmallConv: out_channels must be >= 1, got {out_channels}.')
     self.lay1 = _conv3x3(dim, dim // 4, dtype, rngs)
-    self.lay2 = _conv3x3(dim // 4, dim // 32, dtype, rngs)
+    self.lay2 = _conv3x3(dim // 4, out_channels, dtype, rngs)
     self.lay3 = _conv3x3(dim, dim, dtype, rngs)
     self.lay4 = _conv3x3(dim, dim, dtype, rngs)
     self.dcn = _conv3x3(dim, dim, dtype, rngs)
 
   def __call__(self, feats: Sequence[jax.Array]) -> jax.Array:
-    """`feats`: `[B, H_l, W_l, dim]` maps from finest (stride 8) to coarsest (stride 32) -> `[B, H_0, W_0, dim/32]`."""
+    """`feats`: `[B, H_l, W_l, dim]` maps from finest (stride 8) to coarsest (stride 32) -> `[B, H_0, W_0, out]`."""
     if len(feats) != 3:
       raise ValueError(f'MaskHeadSmallConv: expected 3 feature maps (strides 8, 16, 32), got {len(feats)}.')
     x = jax.nn.relu(self.lay3(feats[2]))

@@ -50,6 +50,7 @@ def default_model_config() -> ml_collections.ConfigDict:
   m.backbone = 'resnet'  # 'resnet' | 'swin'
   m.backbone_depth = 50  # detectron2 ResNet depth (18/34/50/101)
   m.freeze_at = 2  # detectron2 FREEZE_AT: stem + res2 frozen
+  m.backbone_norm = 'FrozenBN'  # detectron2 RESNETS.NORM: 'FrozenBN' (released weights) or 'GN' (from scratch)
   m.swin = ml_collections.ConfigDict(dataclasses.asdict(swin.SWIN_L))  # MODEL.SWIN.* (backbone == 'swin')
   m.num_classes = 40
   m.d_model = 256
@@ -63,7 +64,7 @@ def default_model_config() -> ml_collections.ConfigDict:
   m.dec_n_points = 4
   m.num_queries = 300
   m.reid_dim = 256  # official: the re-ID MLP outputs hidden_dim
-  m.mask_dim = 8  # mask-branch channels = d_model // 32 in the official code
+  m.mask_dim = 8  # mask-branch channels (MaskHeadSmallConv output); the official code fixes it at d_model // 32
   m.dynamic_channels = 8
   m.mask_feat_stride = 8
   m.mask_out_stride = 4
@@ -85,7 +86,7 @@ def build_backbone(c: ml_collections.ConfigDict, *, dtype: Any, rngs: nnx.Rngs) 
   kind = c.get('backbone', 'resnet')
   if kind == 'resnet':
     net = resnet.resnet_d2(c.backbone_depth, out_features=('res3', 'res4', 'res5'), freeze_at=c.freeze_at,
-                           dtype=dtype, rngs=rngs)
+                           norm=c.get('backbone_norm', 'FrozenBN'), dtype=dtype, rngs=rngs)
     expansion = 4 if resnet.DEPTHS[c.backbone_depth].bottleneck else 1
     return net, [128 * expansion, 256 * expansion, 512 * expansion]
   if kind == 'swin':
@@ -112,9 +113,6 @@ class IDOL(nnx.Module):
       rngs: parameter init RNGs.
     """
     c = config
-    if c.mask_dim != c.d_model // 32:
-      raise ValueError(f'IDOL config.model: mask_dim ({c.mask_dim}) must be d_model // 32 ({c.d_model // 32}), '
-                       'as the official MaskHeadSmallConv.')
     if c.d_model % 32:
       raise ValueError(f'IDOL config.model: d_model ({c.d_model}) must be a multiple of 32 (GroupNorm(32)).')
     self.config = ml_collections.FrozenConfigDict(c)  # static (hashable) copy
@@ -143,7 +141,7 @@ class IDOL(nnx.Module):
     self.bbox_embed = nnx.List(bbox_embed)
     weight_nums, bias_nums = dynamic_mask.dynamic_param_sizes(c.mask_dim, c.dynamic_channels, 3, c.rel_coord)
     self.controller = dynamic_mask.controller(c.d_model, sum(weight_nums) + sum(bias_nums), dtype=dtype, rngs=rngs)
-    self.mask_head = dynamic_mask.MaskHeadSmallConv(c.d_model, dtype=dtype, rngs=rngs)
+    self.mask_head = dynamic_mask.MaskHeadSmallConv(c.d_model, c.mask_dim, dtype=dtype, rngs=rngs)
     self.reid_embed_head = MLP(c.d_model, c.d_model, c.reid_dim, 3, dtype=dtype, rngs=rngs)
 
   @classmethod

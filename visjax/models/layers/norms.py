@@ -82,6 +82,16 @@ def layer_norm(num_features: int, *, rngs: nnx.Rngs, eps: float = TORCH_EPS,
   return nnx.LayerNorm(num_features, epsilon=eps, use_fast_variance=False, dtype=dtype, rngs=rngs)
 
 
+def group_norm(num_features: int, *, rngs: nnx.Rngs, num_groups: int = 32, eps: float = TORCH_EPS,
+               dtype: jnp.dtype | None = None) -> nnx.GroupNorm:
+  """torch `nn.GroupNorm(num_groups, C)` over the last axis (detectron2 `get_norm('GN', C)`): eps 1e-5, two-pass
+  variance. Variables `scale`, `bias` `[C]` (torch `weight`, `bias`)."""
+  if num_features % num_groups:
+    raise ValueError(f'GroupNorm: {num_features} channels are not divisible into {num_groups} groups.')
+  return nnx.GroupNorm(num_features, num_groups=num_groups, epsilon=eps, use_fast_variance=False, dtype=dtype,
+                       rngs=rngs)
+
+
 def freeze(module: nnx.Module) -> nnx.Module:
   """Turns every `nnx.Param` under `module` into a `Frozen` variable, in place; returns `module`.
 
