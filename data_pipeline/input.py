@@ -525,6 +525,8 @@ def eval_video_chunks(source, *, chunk_len: int = 0, process_index: int = 0, pro
   plan = plan_process_shard(manifest, process_index, process_count)
   resize = _resize_frames_fn()
   global_index, produced = 0, 0
+  # Bound now: an abandoned generator is closed at interpreter exit, when `tf.errors` may already be torn down.
+  read_errors = (tf.errors.DataLossError, tf.errors.InvalidArgumentError)
   for path in plan.paths:
     record_index = 0  # Records of this shard fully handled; the index of the one being read or parsed.
     try:
@@ -537,7 +539,7 @@ def eval_video_chunks(source, *, chunk_len: int = 0, process_index: int = 0, pro
           yield from _video_chunks(serialized, resize, path, record_index, chunk_len, test_resize)
           produced += 1
         record_index += 1
-    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+    except read_errors as e:
       raise tfrecord.RecordFormatError(f'{path}: record {record_index}: {tfrecord.error_text(e)}') from None
 
 
