@@ -73,6 +73,8 @@ class Options:
     crossing_fraction: probability that an instance (after the first) is a smaller shape that meets an
       earlier instance at the same place and time and drifts slowly relative to it (usually behind it), so
       that it is partly or fully occluded for a while.
+    min_radius: smallest shape size (circumradius at its middle frame) as a fraction of min(height, width).
+    max_radius: largest shape size, same unit.
     jpeg_quality: fixed JPEG quality.
     uncompressed_rle: write RLE counts as integer lists (as YouTube-VIS 2019 train.json does) instead of
       compressed strings (as OVIS and results files do).
@@ -88,6 +90,8 @@ class Options:
   crowd_fraction: float = 0.0
   traverse_fraction: float = 0.4
   crossing_fraction: float = 0.35
+  min_radius: float = 0.09
+  max_radius: float = 0.22
   jpeg_quality: int = 90
   uncompressed_rle: bool = False
 
@@ -107,6 +111,8 @@ class Options:
       value = getattr(self, name)
       if not 0.0 <= value <= 1.0:
         raise ValueError(f'{name} must be in [0, 1], got {value}')
+    if not 0 < self.min_radius <= self.max_radius <= 1:
+      raise ValueError(f'need 0 < min_radius <= max_radius <= 1, got {self.min_radius}, {self.max_radius}')
     if not 1 <= self.jpeg_quality <= 100:
       raise ValueError(f'jpeg_quality must be in [1, 100], got {self.jpeg_quality}')
 
@@ -210,20 +216,20 @@ class _Motion:
   spin: float  # Rotation per frame.
 
 
-def _sample_motion(rng: np.random.Generator, size: tuple[int, int], length: int, traverse_fraction: float,
+def _sample_motion(rng: np.random.Generator, size: tuple[int, int], length: int, options: Options,
                    partner: _Motion | None) -> _Motion:
   """Samples a trajectory; with a `partner`, a smaller shape at the partner's centre at its t_mid."""
   h, w = size
   if partner is None:
     t_mid = rng.uniform(0.2, 0.8) * (length - 1)
     centre = np.array([rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h])
-    radius = rng.uniform(0.09, 0.22) * min(h, w)
+    radius = rng.uniform(options.min_radius, options.max_radius) * min(h, w)
   else:
     t_mid = partner.t_mid
     centre = partner.centre + rng.normal(0, 0.2 * partner.radius, size=2)
     radius = rng.uniform(0.45, 0.8) * partner.radius
   heading = rng.uniform(0, 2 * np.pi)
-  if rng.random() < traverse_fraction:  # Fast enough to cross a good part of the frame: enters and/or leaves.
+  if rng.random() < options.traverse_fraction:  # Fast enough to cross a good part of the frame: enters and/or leaves.
     speed = rng.uniform(0.7, 1.4) * (w + 2 * radius) / max(length - 1, 1)
   else:
     speed = rng.uniform(0.2, 2.5)
@@ -276,7 +282,7 @@ def render_video(rng: np.random.Generator, size: tuple[int, int], length: int, n
       partner = motions[j]
       if rng.random() < 0.8:  # Usually behind its partner, so that it can be hidden completely.
         depth_keys[k] = depth_keys[j] - 1e-3
-    motions.append(_sample_motion(rng, size, length, options.traverse_fraction, partner))
+    motions.append(_sample_motion(rng, size, length, options, partner))
   depth = np.argsort(depth_keys, kind='stable')  # Drawing order, back to front.
   full = np.zeros((num_instances, length, h, w), dtype=bool)
   for k in depth:
@@ -358,8 +364,8 @@ def generate(out_dir: str, num_videos: int, seed: int, **options: Any) -> dict[s
     num_videos: total number of videos over both splits.
     seed: integer seed; the output is a pure function of (seed, num_videos, options).
     **options: fields of `Options` (height, width, sizes, min_frames, max_frames, min_instances,
-      max_instances, valid_fraction, crowd_fraction, traverse_fraction, crossing_fraction, jpeg_quality,
-      uncompressed_rle).
+      max_instances, valid_fraction, crowd_fraction, traverse_fraction, crossing_fraction, min_radius,
+      max_radius, jpeg_quality, uncompressed_rle).
 
   Returns:
     dict with 'root', 'images' (the JPEGImages dir), 'train' and 'valid' (json paths).
@@ -433,6 +439,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument('--crowd-fraction', type=float, default=defaults.crowd_fraction)
   parser.add_argument('--traverse-fraction', type=float, default=defaults.traverse_fraction)
   parser.add_argument('--crossing-fraction', type=float, default=defaults.crossing_fraction)
+  parser.add_argument('--min-radius', type=float, default=defaults.min_radius,
+                      help='smallest shape size, fraction of min(height, width)')
+  parser.add_argument('--max-radius', type=float, default=defaults.max_radius)
   parser.add_argument('--jpeg-quality', type=int, default=defaults.jpeg_quality)
   parser.add_argument('--uncompressed-rle', action='store_true', help='RLE counts as integer lists')
   args = parser.parse_args(argv)

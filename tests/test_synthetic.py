@@ -200,6 +200,20 @@ def test_options(tmp_path):
     synthetic.generate(str(tmp_path / 'bad'), 2, seed=0, min_frames=5, max_frames=4)
   with pytest.raises(TypeError):
     synthetic.generate(str(tmp_path / 'bad'), 2, seed=0, no_such_option=1)
+  with pytest.raises(ValueError, match='min_radius'):
+    synthetic.generate(str(tmp_path / 'bad'), 2, seed=0, min_radius=0.3, max_radius=0.2)
+
+
+def test_radius_option_scales_the_shapes():
+  """Instances drawn without partners (crossing_fraction 0) have their size in [min_radius, max_radius]."""
+  def mean_area(**options):
+    opts = synthetic.Options(height=64, width=64, min_frames=2, max_frames=2, crossing_fraction=0.,
+                             traverse_fraction=0., **options)
+    areas = [synthetic.sample_video(0, i, opts).full_masks[:, 0].sum((1, 2)).mean() for i in range(12)]
+    return float(np.mean(areas))
+  small, large = mean_area(min_radius=0.08, max_radius=0.1), mean_area(min_radius=0.25, max_radius=0.3)
+  # Areas scale with radius²: (0.275 / 0.09)² ≈ 9.3; partly off-frame shapes lower the ratio a little.
+  assert 6 < large / small < 11
 
 
 def test_generated_set_passes_validator(synthetic_paths):
