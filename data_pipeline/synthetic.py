@@ -356,6 +356,17 @@ def video_name(index: int) -> str:
   return f'synth_{index:05d}'
 
 
+GENERATION_FILE = 'generation.json'
+
+
+def generation_record(num_videos: int, seed: int, options: Options) -> dict[str, Any]:
+  """What a generated set is a pure function of, as plain json (written to `out_dir/generation.json`)."""
+  fields = dataclasses.asdict(options)
+  if fields['sizes'] is not None:
+    fields['sizes'] = [list(s) for s in fields['sizes']]
+  return {'num_videos': int(num_videos), 'seed': int(seed), 'options': fields}
+
+
 def generate(out_dir: str, num_videos: int, seed: int, **options: Any) -> dict[str, str]:
   """Writes the synthetic set under `out_dir`.
 
@@ -368,7 +379,8 @@ def generate(out_dir: str, num_videos: int, seed: int, **options: Any) -> dict[s
       max_radius, jpeg_quality, uncompressed_rle).
 
   Returns:
-    dict with 'root', 'images' (the JPEGImages dir), 'train' and 'valid' (json paths).
+    dict with 'root', 'images' (the JPEGImages dir), 'train' and 'valid' (json paths) and 'generation' (the
+    `generation.json` recording num_videos, seed and every option, see `generation_record`).
   """
   if num_videos < 1:
     raise ValueError(f'num_videos must be >= 1, got {num_videos}')
@@ -407,7 +419,9 @@ def generate(out_dir: str, num_videos: int, seed: int, **options: Any) -> dict[s
           'segmentations': segmentations, 'video_id': video_id, 'areas': areas, 'bboxes': bboxes,
           'iscrowd': int(video.iscrowd[k]), 'id': annotation_id,
       })
-  paths = {'root': out_dir, 'images': images_dir}
+  paths = {'root': out_dir, 'images': images_dir, 'generation': os.path.join(out_dir, GENERATION_FILE)}
+  with open(paths['generation'], 'w') as f:
+    json.dump(generation_record(num_videos, seed, opts), f, indent=1)
   for split_name, content in splits.items():
     paths[split_name] = os.path.join(out_dir, f'{split_name}.json')
     with open(paths[split_name], 'w') as f:
