@@ -137,33 +137,13 @@ def test_predict_video_records(tiny_model):
     assert abs(a['score'] - r['score']) < 1e-5
 
 
-def _perfect_outputs(gt_masks, labels, num_queries, num_classes, reid_dim, stride=4):
-  """Ideal detector outputs for `gt_masks bool [N, T, H, W]` (masks on the stride grid): per frame, query k
-  holds instance k (class logit +10, others -10, exact box, re-ID embedding 10·e_k, mask logits ±10)."""
-  n, t, h, w = gt_masks.shape
-  logits = np.full((t, num_queries, num_classes), -10., np.float32)
-  boxes = np.tile(np.float32([.5, .5, .1, .1]), (t, num_queries, 1))
-  embeds = np.zeros((t, num_queries, reid_dim), np.float32)
-  masks = np.full((t, num_queries, h // stride, w // stride), -10., np.float32)
-  for k in range(n):
-    for f in range(t):
-      m = gt_masks[k, f]
-      if not m.any():
-        continue
-      logits[f, k, labels[k]] = 10.
-      ys, xs = np.nonzero(m)
-      boxes[f, k] = [(xs.min() + xs.max() + 1) / 2 / w, (ys.min() + ys.max() + 1) / 2 / h,
-                     (xs.max() + 1 - xs.min()) / w, (ys.max() + 1 - ys.min()) / h]
-      embeds[f, k, k] = 10.
-      masks[f, k] = np.where(m[::stride, ::stride], 10., -10.)
-  return logits, boxes, embeds, masks
-
 
 def test_perfect_detector_scores_ap_one(tiny_model):
   """End to end through the real inference path (query selection, NMS, tracker, short-track filter, mask
   upsampling, RLE records) and the evaluator: ideal detector outputs must give AP = AR = 1 on a video whose
   instances enter late, leave early and move, with masks exactly representable at the output stride."""
   from visjax.evaluation import ytvis  # pylint: disable=g-import-not-at-top
+  from visjax.models.idol import oracle  # pylint: disable=g-import-not-at-top
   config = _tiny_config()
   config.tracker.batch_infer_len = 5  # 12 frames: chunks of 5, 5, 2 (zero-padded)
   t, h, w = 12, 64, 64
@@ -173,30 +153,27 @@ def test_perfect_detector_scores_ap_one(tiny_model):
     if f < 7:
       gt_masks[1, f, 40:60, 40:52] = True  # leaves after frame 6
     if f >= 3:
-      gt_masks[2, f, 28:36, 8 + 2 * (f // 2) * 2:24 + 2 * (f // 2) * 2] = True  # enters at frame 3
+      gt_masks[2, f, 28:36, 8 + 4 * (f // 2):24 + 4 * (f // 2)] = True  # enters at frame 3
   gt_masks[2] &= ~gt_masks[0]
   labels = np.array([0, 2, 1])
-  outputs = _perfect_outputs(gt_masks, labels, config.model.num_queries, config.model.num_classes,
-                             config.model.reid_dim)
-  predictor = method.VideoPredictor(tiny_model, config, video_id=1, length=t, image_size=(h, w), orig_size=(h, w))
-  served = [0]
-
-  def forward(state, images, sizes):
-    del state, sizes
-    n, start = len(images), served[0]
-    served[0] += n
-    return tuple(jnp.asarray(np.concatenate([x[start:start + n], np.zeros((max(0, start + n - t),) + x.shape[1:],
-                                                                          x.dtype)])) for x in outputs)
-
-  predictor.forward = forward
-  predictor.add_frames(np.zeros((t, h, w, 3), np.uint8))
-  records = predictor.records()
   category_ids = config.dataset.category_ids
   anns = [{'id': k + 1, 'video_id': 1, 'category_id': category_ids[labels[k]], 'iscrowd': 0,
            'segmentations': [results_lib.encode_mask(m) if m.any() else None for m in gt_masks[k]],
            'areas': [float(m.sum()) if m.any() else None for m in gt_masks[k]]} for k in range(3)]
   gt = {'videos': [{'id': 1, 'length': t, 'height': h, 'width': w}],
         'categories': [{'id': i} for i in category_ids], 'annotations': anns}
-  assert len(records) == 3
-  metrics = ytvis.evaluate(gt, records)
-  assert metrics['AP'] == pytest.approx(1.) and metrics['AR10'] == pytest.approx(1.)
+  sizes = dict(num_queries=config.model.num_queries, num_classes=config.model.num_classes,
+               reid_dim=config.model.reid_dim)
+  for soft in (False, True):
+    outputs = oracle.perfect_outputs(gt_masks, labels, soft=soft, **sizes)
+    records = oracle.predict_from_outputs(tiny_model, config, outputs, video_id=1, image_size=(h, w),
+                                          orig_size=(h, w))
+    assert len(records) == 3
+    metrics = ytvis.evaluate(gt, records)
+    assert metrics['AP'] == pytest.approx(1.) and metrics['AR10'] == pytest.approx(1.), soft
+  # The same outputs with two instances' re-ID directions swapped halfway split their tracks: AP drops.
+  logits, boxes, embeds, masks = oracle.perfect_outputs(gt_masks, labels, soft=False, **sizes)
+  embeds[6:, [0, 2]] = embeds[6:, [2, 0]]
+  records = oracle.predict_from_outputs(tiny_model, config, (logits, boxes, embeds, masks), video_id=1,
+                                        image_size=(h, w), orig_size=(h, w))
+  assert ytvis.evaluate(gt, records)['AP'] < 0.9
