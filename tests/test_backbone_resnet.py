@@ -49,11 +49,12 @@ def test_parity_with_torch(layout, depth, hw):
     assert err <= TOL, f'{layout} R{depth} {name}: rel err {err:.2e}'
 
 
-@pytest.mark.parametrize('depth', [18, 50])
-def test_group_norm_parity_with_torch(depth):
-  """detectron2 RESNETS.NORM='GN' (GroupNorm(32), trainable, for training from scratch) ports and matches torch."""
-  ref = resnet_refs.randomize_(resnet_refs.D2ResNet(depth, norm='GN'), seed=depth + 1)
-  model = nnx.eval_shape(lambda: resnet_d2(depth, norm='GN', freeze_at=0, rngs=nnx.Rngs(0)))
+@pytest.mark.parametrize('depth,width', [(18, 64), (50, 64), (18, 32)])
+def test_group_norm_parity_with_torch(depth, width):
+  """detectron2 RESNETS.NORM='GN' (GroupNorm(32), trainable, for training from scratch) ports and matches torch,
+  also at half width."""
+  ref = resnet_refs.randomize_(resnet_refs.D2ResNet(depth, norm='GN', base_width=width), seed=depth + 1)
+  model = nnx.eval_shape(lambda: resnet_d2(depth, norm='GN', width=width, freeze_at=0, rngs=nnx.Rngs(0)))
   report = convert.convert(ref.state_dict(), model, convert.resnet_d2_rules('', '', norm='GN'))
   assert report.ok and not report.allowed_missing
   x = _image(2, 45, 38)
@@ -156,6 +157,8 @@ def test_bad_arguments_raise():
     resnet_d2(18, norm='BN', rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match='norm'):
     resnet_lib.ResNet(18, layout='torchvision', norm='GN', rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match='width'):
+    resnet_d2(18, norm='GN', width=48, rngs=nnx.Rngs(0))
 
 
 def test_jit_matches_eager():

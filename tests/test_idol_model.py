@@ -93,8 +93,12 @@ def test_aligned_size_bf16_compute_and_errors(model):
     model(jnp.asarray(images), jnp.asarray([[64, 96]]), train=True)
   config = idol_tiny.get_config().model
   config.mask_dim = 5  # free for small models (the official head fixes d_model // 32)
-  wide = nnx.eval_shape(lambda: idol_model.IDOL(config, rngs=nnx.Rngs(0)))
-  assert wide.mask_head.lay2.kernel.shape[-1] == 5
+  config.backbone_norm, config.backbone_width = 'GN', 32  # the demo's from-scratch, half-width backbone
+  small = nnx.eval_shape(lambda: idol_model.IDOL(config, rngs=nnx.Rngs(0)))
+  assert small.mask_head.lay2.kernel.shape[-1] == 5
+  assert small.input_proj.levels[0].conv.kernel.shape[2] == 64  # res3 of a width-32 ResNet-18
+  out = nnx.eval_shape(lambda m: m(jnp.zeros((1, 64, 96, 3)), jnp.asarray([[64, 96]])), small)
+  assert out['pred_masks'].shape[-2:] == (16, 24)
 
 
 def test_train_mode_dropout_and_gradients(model):

@@ -43,9 +43,9 @@ def d2_norm(norm, channels):
 
 class D2Stem(nn.Module):
 
-  def __init__(self, norm='FrozenBN'):
+  def __init__(self, norm='FrozenBN', channels=64):
     super().__init__()
-    self.conv1 = D2Conv2d(3, 64, 7, stride=2, padding=3, bias=False, norm=d2_norm(norm, 64))
+    self.conv1 = D2Conv2d(3, channels, 7, stride=2, padding=3, bias=False, norm=d2_norm(norm, channels))
 
   def forward(self, x):
     return F.max_pool2d(F.relu(self.conv1(x)), kernel_size=3, stride=2, padding=1)
@@ -76,17 +76,18 @@ class D2Block(nn.Module):
 
 class D2ResNet(nn.Module):
 
-  def __init__(self, depth=50, out_features=('res2', 'res3', 'res4', 'res5'), stride_in_1x1=False, norm='FrozenBN'):
+  def __init__(self, depth=50, out_features=('res2', 'res3', 'res4', 'res5'), stride_in_1x1=False, norm='FrozenBN',
+               base_width=64):
     super().__init__()
     bottleneck = depth >= 50
     exp = 4 if bottleneck else 1
-    self.stem = D2Stem(norm)
+    self.stem = D2Stem(norm, base_width)
     self.out_features = out_features
     self.stage_names = []
-    cin = 64
+    cin = base_width
     n = max(int(f[-1]) for f in out_features) - 1
     for i in range(n):
-      width = 64 * 2**i
+      width = base_width * 2**i
       blocks = []
       for j in range(BLOCKS[depth][i]):
         blocks.append(D2Block(cin, width * exp, width, 2 if (i > 0 and j == 0) else 1, bottleneck, stride_in_1x1,

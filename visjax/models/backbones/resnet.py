@@ -179,7 +179,7 @@ class ResNet(nnx.Module):
 
   def __init__(self, depth: int = 50, *, layout: str = 'detectron2',
                out_features: Sequence[str] = STAGE_NAMES, freeze_at: int = 0, stride_in_1x1: bool = False,
-               norm: str = 'FrozenBN', dtype: jnp.dtype | None = None, rngs: nnx.Rngs):
+               norm: str = 'FrozenBN', width: int = 64, dtype: jnp.dtype | None = None, rngs: nnx.Rngs):
     """Builds the network.
 
     Args:
@@ -189,6 +189,8 @@ class ResNet(nnx.Module):
       freeze_at: detectron2 `FREEZE_AT` (0 none, 1 stem, k stem + res2..res_k); mmdet `frozen_stages + 1`.
       stride_in_1x1: put the stride in the first 1x1 conv (MSRA/caffe style) instead of the 3x3.
       norm: detectron2 layout only: 'FrozenBN' (default, as the released checkpoints) or 'GN' (GroupNorm(32)).
+      width: stem channels and res2 bottleneck width (detectron2 STEM_OUT_CHANNELS = WIDTH_PER_GROUP = 64 in every
+        released model); stage i is `width * 2**i` wide, so 32 gives a half-width network (4x fewer FLOPs).
       dtype: compute dtype of the convolutions (params stay float32); None keeps the input dtype.
       rngs: initialisation RNGs (random init; load real weights with `visjax.convert`).
     """
@@ -199,6 +201,8 @@ class ResNet(nnx.Module):
     unknown = [f for f in out_features if f not in STAGE_NAMES]
     if unknown or not out_features:
       raise ValueError(f'out_features must be a non-empty subset of {STAGE_NAMES}, got {tuple(out_features)}')
+    if width < 1 or (norm == 'GN' and width % 32):
+      raise ValueError(f'ResNet width must be >= 1 (a multiple of 32 with GroupNorm(32)), got {width}')
     if norm not in D2_NORMS or (layout != 'detectron2' and norm != 'FrozenBN'):
       raise ValueError(f"ResNet norm must be one of {D2_NORMS} (detectron2 layout only), got {norm!r} with "
                        f"layout {layout!r}")
@@ -212,20 +216,20 @@ class ResNet(nnx.Module):
     num_stages = max(STAGE_NAMES.index(f) for f in out_features) + 1 if d2 else 4
     if d2:
       self.stage_names = STAGE_NAMES[:num_stages]
-      self.stem = Stem(64, norm=norm, dtype=dtype, rngs=rngs)
+      self.stem = Stem(width, norm=norm, dtype=dtype, rngs=rngs)
     else:
       self.stage_names = tuple(f'layer{i + 1}' for i in range(num_stages))
-      self.conv1 = Conv2d(3, 64, 7, stride=2, padding=3, dtype=dtype, rngs=rngs)
-      self.bn1 = norms.BatchNorm2d(64)
+      self.conv1 = Conv2d(3, width, 7, stride=2, padding=3, dtype=dtype, rngs=rngs)
+      self.bn1 = norms.BatchNorm2d(width)
 
     expansion = 4 if spec.bottleneck else 1
-    in_channels = 64
+    in_channels = width
     for i, name in enumerate(self.stage_names):
-      width = 64 * 2**i
-      out_channels = width * expansion
+      stage_width = width * 2**i
+      out_channels = stage_width * expansion
       blocks = []
       for j in range(spec.blocks[i]):
-        blocks.append(Block(in_channels, out_channels, bottleneck_channels=width,
+        blocks.append(Block(in_channels, out_channels, bottleneck_channels=stage_width,
                             stride=(2 if i > 0 and j == 0 else 1), bottleneck=spec.bottleneck, layout=layout,
                             stride_in_1x1=stride_in_1x1, norm=norm, dtype=dtype, rngs=rngs))
         in_channels = out_channels
@@ -262,11 +266,11 @@ class ResNet(nnx.Module):
 
 
 def resnet_d2(depth: int = 50, *, out_features: Sequence[str] = STAGE_NAMES, freeze_at: int = 2,
-              stride_in_1x1: bool = False, norm: str = 'FrozenBN', dtype: jnp.dtype | None = None,
-              rngs: nnx.Rngs) -> ResNet:
-  """detectron2 `build_resnet_backbone` (defaults: NORM FrozenBN, FREEZE_AT 2, STRIDE_IN_1X1 False)."""
+              stride_in_1x1: bool = False, norm: str = 'FrozenBN', width: int = 64,
+              dtype: jnp.dtype | None = None, rngs: nnx.Rngs) -> ResNet:
+  """detectron2 `build_resnet_backbone` (defaults: NORM FrozenBN, width 64, FREEZE_AT 2, STRIDE_IN_1X1 False)."""
   return ResNet(depth, layout='detectron2', out_features=out_features, freeze_at=freeze_at,
-                stride_in_1x1=stride_in_1x1, norm=norm, dtype=dtype, rngs=rngs)
+                stride_in_1x1=stride_in_1x1, norm=norm, width=width, dtype=dtype, rngs=rngs)
 
 
 def resnet_tv(depth: int = 50, *, out_features: Sequence[str] = STAGE_NAMES, frozen_stages: int = 1,

@@ -51,6 +51,7 @@ def default_model_config() -> ml_collections.ConfigDict:
   m.backbone_depth = 50  # detectron2 ResNet depth (18/34/50/101)
   m.freeze_at = 2  # detectron2 FREEZE_AT: stem + res2 frozen
   m.backbone_norm = 'FrozenBN'  # detectron2 RESNETS.NORM: 'FrozenBN' (released weights) or 'GN' (from scratch)
+  m.backbone_width = 64  # ResNet stem / res2 width (64 in every released model; 32 = half width)
   m.swin = ml_collections.ConfigDict(dataclasses.asdict(swin.SWIN_L))  # MODEL.SWIN.* (backbone == 'swin')
   m.num_classes = 40
   m.d_model = 256
@@ -85,10 +86,11 @@ def build_backbone(c: ml_collections.ConfigDict, *, dtype: Any, rngs: nnx.Rngs) 
   """The backbone of `config.model` (returning res3..res5) and its res3..res5 channels."""
   kind = c.get('backbone', 'resnet')
   if kind == 'resnet':
+    width = int(c.get('backbone_width', 64))
     net = resnet.resnet_d2(c.backbone_depth, out_features=('res3', 'res4', 'res5'), freeze_at=c.freeze_at,
-                           norm=c.get('backbone_norm', 'FrozenBN'), dtype=dtype, rngs=rngs)
+                           norm=c.get('backbone_norm', 'FrozenBN'), width=width, dtype=dtype, rngs=rngs)
     expansion = 4 if resnet.DEPTHS[c.backbone_depth].bottleneck else 1
-    return net, [128 * expansion, 256 * expansion, 512 * expansion]
+    return net, [2 * width * expansion, 4 * width * expansion, 8 * width * expansion]
   if kind == 'swin':
     fields = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in c.swin.items()}
     try:
