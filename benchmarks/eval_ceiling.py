@@ -16,8 +16,8 @@ import sys
 
 from flax import nnx
 import numpy as np
-from pycocotools import mask as mask_utils
 
+from data_pipeline import ytvis_json
 from visjax.evaluation import ytvis
 from visjax.models.idol import method
 from visjax.models.idol import oracle
@@ -32,37 +32,29 @@ def _load_config(path: str):
   return module.get_config()
 
 
-def _decode(segmentation, height: int, width: int) -> np.ndarray:
-  if segmentation is None:
-    return np.zeros((height, width), bool)
-  if isinstance(segmentation['counts'], list):
-    segmentation = mask_utils.frPyObjects(segmentation, height, width)
-  return mask_utils.decode(segmentation).astype(bool)
-
-
-def ceiling(gt: dict, config, *, soft: bool = True) -> dict[str, float]:
-  """Metrics of the perfect detector on every video of `gt` (a YTVIS json dict with annotations)."""
+def ceiling(path: str, config, *, soft: bool = True) -> dict[str, float]:
+  """Metrics of the perfect detector on every video of the YTVIS json at `path` (it must carry annotations)."""
+  dataset = ytvis_json.load(path)
+  if not dataset.has_annotations:
+    raise ValueError(f'{path}: no annotations, nothing to measure')
   model = nnx.eval_shape(lambda: method.build_model(config, rngs=nnx.Rngs(0)))
   m = config.model
   index = {c: i for i, c in enumerate(config.dataset.category_ids)}
   stride, div = int(m.mask_out_stride), int(m.size_divisibility)
-  by_video = {}
-  for ann in gt['annotations']:
-    by_video.setdefault(ann['video_id'], []).append(ann)
   records = []
-  for video in gt['videos']:
-    h, w, t = video['height'], video['width'], video['length']
-    ph, pw = -(-h // div) * div, -(-w // div) * div
-    anns = by_video.get(video['id'], [])
-    masks = np.zeros((len(anns), t, ph, pw), bool)
-    for k, ann in enumerate(anns):
-      masks[k, :, :h, :w] = [_decode(s, h, w) for s in ann['segmentations']]
-    labels = np.asarray([index[a['category_id']] for a in anns], np.int64)
+  for video in dataset.videos:
+    h, w = video.height, video.width
+    tracks = dataset.tracks_of(video.id)
+    masks = np.zeros((len(tracks), video.length, -(-h // div) * div, -(-w // div) * div), bool)
+    for k, track in enumerate(tracks):
+      masks[k, :, :h, :w] = ytvis_json.decode_track_masks(track)
+    labels = np.asarray([index[t.category_id] for t in tracks], np.int64)
     outputs = oracle.perfect_outputs(masks, labels, num_queries=m.num_queries, num_classes=m.num_classes,
                                      reid_dim=m.reid_dim, stride=stride, soft=soft)
-    records += oracle.predict_from_outputs(model, config, outputs, video_id=video['id'], image_size=(h, w),
+    records += oracle.predict_from_outputs(model, config, outputs, video_id=video.id, image_size=(h, w),
                                            orig_size=(h, w))
-  return ytvis.evaluate(gt, records)
+  with open(path) as f:
+    return ytvis.evaluate(json.load(f), records)
 
 
 def main() -> None:
@@ -71,9 +63,7 @@ def main() -> None:
   parser.add_argument('--config', default='configs/demo_synthetic.py', help='IDOL config (model sizes, tracker)')
   parser.add_argument('--hard', action='store_true', help='±10 mask logits from one pixel per stride cell')
   args = parser.parse_args()
-  with open(args.json) as f:
-    gt = json.load(f)
-  metrics = ceiling(gt, _load_config(args.config), soft=not args.hard)
+  metrics = ceiling(args.json, _load_config(args.config), soft=not args.hard)
   print(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
 
 

@@ -10,7 +10,8 @@
   > 0.5) encoded to RLE as soon as each frame is tracked, and the video-level scores (`tracker.py`).
 """
 
-from typing import Any
+import functools
+from typing import Any, Callable
 import weakref
 
 from absl import logging
@@ -50,6 +51,9 @@ def loss_fn(model: nnx.Module, batch: dict[str, Any], *, rng: jax.Array,
   outputs = model(frames, sizes, train=train, rng=dropout_rng)
   return criterion.idol_loss(outputs, batch, rng=sample_rng, loss_config=getattr(model, 'loss_config', None))
 
+
+# `(images [n, Hp, Wp, 3], sizes [n, 2]) -> (logits, boxes, embeds, mask logits)` of the last decoder layer.
+Detector = Callable[[jax.Array, jax.Array], tuple[jax.Array, ...]]
 
 # Jitted forward per model object (its graphdef holds a ConfigDict, so it cannot key an lru_cache).
 _FORWARD_CACHE: 'weakref.WeakKeyDictionary[nnx.Module, Any]' = weakref.WeakKeyDictionary()
@@ -115,7 +119,9 @@ class VideoPredictor:
   """
 
   def __init__(self, model: nnx.Module, config: ml_collections.ConfigDict, *, video_id: Any, length: int,
-               image_size: tuple[int, int], orig_size: tuple[int, int]):
+               image_size: tuple[int, int], orig_size: tuple[int, int], detector: Detector | None = None):
+    """`detector` replaces the model's jitted forward pass (`(images, sizes)` -> last-layer `(logits, boxes, embeds,
+    mask logits)`, see `_forward_fn`), e.g. by precomputed outputs (`visjax.models.idol.oracle`)."""
     self.model = model
     self.config = config
     self.video_id = video_id
@@ -124,7 +130,10 @@ class VideoPredictor:
     self.orig_size = tuple(int(s) for s in orig_size)
     self.tcfg = _tracker_config(config)
     self.chunk = max(1, int(self.tcfg.batch_infer_len))
-    self.forward, self.state = _forward_fn(model)
+    if detector is None:
+      forward, state = _forward_fn(model)
+      detector = functools.partial(forward, state)
+    self.detector = detector
     self.tracker = tracker_lib.IDOLTracker.from_config(self.tcfg)
     self.tracks = tracker_lib.VideoTracks(self.length, filter_min_frames=self.tcfg.filter_min_frames,
                                           filter_last_frames=self.tcfg.filter_last_frames,
@@ -148,7 +157,7 @@ class VideoPredictor:
     n = len(images)
     images = np.concatenate([images, np.zeros((self.chunk - n,) + images.shape[1:], images.dtype)])
     sizes = np.tile(np.asarray(self.image_size, np.int32), (self.chunk, 1))
-    logits, boxes, embeds, masks = self.forward(self.state, jnp.asarray(images), jnp.asarray(sizes))
+    logits, boxes, embeds, masks = self.detector(jnp.asarray(images), jnp.asarray(sizes))
     probs = tracker_lib.sigmoid(np.asarray(logits[:n]))
     boxes, embeds = np.asarray(boxes[:n]), np.asarray(embeds[:n])
     tcfg = self.tcfg

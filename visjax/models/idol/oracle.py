@@ -16,11 +16,7 @@ import ml_collections
 import numpy as np
 
 from visjax.models.idol import method
-
-
-def _logit(p: np.ndarray, eps: float = 1e-4) -> np.ndarray:
-  p = np.clip(p, eps, 1. - eps)
-  return np.log(p / (1. - p))
+from visjax.models.transformers import deformable
 
 
 def perfect_outputs(gt_masks: np.ndarray, labels: np.ndarray, *, num_queries: int, num_classes: int,
@@ -60,7 +56,7 @@ def perfect_outputs(gt_masks: np.ndarray, labels: np.ndarray, *, num_queries: in
       embeds[f, k, k] = 10.
       if soft:
         cover = m.reshape(h // stride, stride, w // stride, stride).mean(axis=(1, 3))
-        masks[f, k] = _logit(cover)
+        masks[f, k] = np.asarray(deformable.inverse_sigmoid(cover, eps=1e-4))
       else:
         masks[f, k] = np.where(m[::stride, ::stride], 10., -10.)
   return logits, boxes, embeds, masks
@@ -71,12 +67,10 @@ def predict_from_outputs(model: nnx.Module, config: ml_collections.ConfigDict, o
   """CodaLab records of `VideoPredictor` run on precomputed detector `outputs` (as `perfect_outputs` returns)
   instead of the model's forward pass (`model` only sizes the predictor)."""
   length = len(outputs[0])
-  predictor = method.VideoPredictor(model, config, video_id=video_id, length=length, image_size=image_size,
-                                    orig_size=orig_size)
   served = 0
 
-  def replay(state, images, sizes):
-    del state, sizes
+  def replay(images, sizes):
+    del sizes
     nonlocal served
     n, start = len(images), served
     served += n
@@ -84,7 +78,8 @@ def predict_from_outputs(model: nnx.Module, config: ml_collections.ConfigDict, o
                                                                  x.dtype)])
     return tuple(jnp.asarray(pad(x)) for x in outputs)
 
-  predictor.forward = replay
+  predictor = method.VideoPredictor(model, config, video_id=video_id, length=length, image_size=image_size,
+                                    orig_size=orig_size, detector=replay)
   padded_hw = outputs[3].shape[-2:]
   stride = predictor.mask_stride
   predictor.add_frames(np.zeros((length, padded_hw[0] * stride, padded_hw[1] * stride, 3), np.uint8))

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from visjax.models.layers import norms
 from visjax.models.layers import resize
 from visjax.models.layers.mlp import torch_default_bias_init
 from visjax.models.layers.msdeform_attn import MSDeformAttn
@@ -39,11 +40,6 @@ def inverse_sigmoid(x: jax.Array, eps: float = 1e-5) -> jax.Array:
   """`log(x / (1 - x))` with x clamped to [0, 1] and both terms to >= eps (Deformable-DETR `inverse_sigmoid`)."""
   x = jnp.clip(x, 0., 1.)
   return jnp.log(jnp.maximum(x, eps) / jnp.maximum(1. - x, eps))
-
-
-def layer_norm(dim: int, dtype: Any, rngs: nnx.Rngs) -> nnx.LayerNorm:
-  """torch `nn.LayerNorm(dim)`: eps 1e-5, two-pass variance; `scale`/`bias` (torch `weight`/`bias`)."""
-  return nnx.LayerNorm(dim, epsilon=1e-5, use_fast_variance=False, dtype=dtype, rngs=rngs)
 
 
 def xavier_linear(in_features: int, out_features: int, dtype: Any, rngs: nnx.Rngs) -> nnx.Linear:
@@ -65,8 +61,7 @@ class ConvNorm(nnx.Module):
     self.conv = nnx.Conv(in_channels, out_channels, (kernel_size, kernel_size), strides=stride,
                          padding=((pad, pad), (pad, pad)), dtype=dtype, kernel_init=_xavier,
                          bias_init=nnx.initializers.zeros_init(), rngs=rngs)
-    self.norm = nnx.GroupNorm(out_channels, num_groups=num_groups, epsilon=1e-5, use_fast_variance=False,
-                              dtype=dtype, rngs=rngs)
+    self.norm = norms.group_norm(out_channels, num_groups=num_groups, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """`x [B, H, W, in]` -> `[B, H', W', out]`."""
@@ -227,12 +222,12 @@ class DeformableTransformerEncoderLayer(nnx.Module):
     self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points, implementation=msda_implementation,
                                   dtype=dtype, rngs=rngs)
     self.dropout1 = nnx.Dropout(dropout)
-    self.norm1 = layer_norm(d_model, dtype, rngs)
+    self.norm1 = norms.layer_norm(d_model, dtype=dtype, rngs=rngs)
     self.linear1 = xavier_linear(d_model, d_ffn, dtype, rngs)
     self.dropout2 = nnx.Dropout(dropout)
     self.linear2 = xavier_linear(d_ffn, d_model, dtype, rngs)
     self.dropout3 = nnx.Dropout(dropout)
-    self.norm2 = layer_norm(d_model, dtype, rngs)
+    self.norm2 = norms.layer_norm(d_model, dtype=dtype, rngs=rngs)
 
   def __call__(self, src: jax.Array, pos: jax.Array, reference_points: jax.Array, spatial_shapes: SpatialShapes,
                padding_mask: jax.Array | None, *, deterministic: bool, rngs: nnx.Rngs | None) -> jax.Array:
@@ -270,15 +265,15 @@ class DeformableTransformerDecoderLayer(nnx.Module):
     self.cross_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points, implementation=msda_implementation,
                                    dtype=dtype, rngs=rngs)
     self.dropout1 = nnx.Dropout(dropout)
-    self.norm1 = layer_norm(d_model, dtype, rngs)
+    self.norm1 = norms.layer_norm(d_model, dtype=dtype, rngs=rngs)
     self.self_attn = MultiheadAttention(d_model, n_heads, dropout, dtype=dtype, rngs=rngs)
     self.dropout2 = nnx.Dropout(dropout)
-    self.norm2 = layer_norm(d_model, dtype, rngs)
+    self.norm2 = norms.layer_norm(d_model, dtype=dtype, rngs=rngs)
     self.linear1 = xavier_linear(d_model, d_ffn, dtype, rngs)
     self.dropout3 = nnx.Dropout(dropout)
     self.linear2 = xavier_linear(d_ffn, d_model, dtype, rngs)
     self.dropout4 = nnx.Dropout(dropout)
-    self.norm3 = layer_norm(d_model, dtype, rngs)
+    self.norm3 = norms.layer_norm(d_model, dtype=dtype, rngs=rngs)
 
   def __call__(self, tgt: jax.Array, query_pos: jax.Array, reference_points: jax.Array, memory: jax.Array,
                spatial_shapes: SpatialShapes, padding_mask: jax.Array | None, *, deterministic: bool,
