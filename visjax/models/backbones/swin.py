@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from flax import nnx
 import numpy as np
 
+from visjax.models.layers import drop
 from visjax.models.layers import norms
 
 STAGE_NAMES = ('res2', 'res3', 'res4', 'res5')
@@ -149,11 +150,6 @@ class Mlp(nnx.Module):
     return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
 
 
-def _drop_path(rate: float, rngs: nnx.Rngs) -> nnx.Dropout | None:
-  """Per-sample stochastic depth on `[B, L, C]` tokens (scales kept samples by 1/(1-rate)); None if rate 0."""
-  return nnx.Dropout(rate, broadcast_dims=(1, 2), rngs=rngs) if rate > 0 else None
-
-
 class SwinBlock(nnx.Module):
   """Swin block: `x + drop_path(W-MSA(norm1 x))`, then `x + drop_path(mlp(norm2 x))` (torch
   `SwinTransformerBlock`)."""
@@ -164,7 +160,7 @@ class SwinBlock(nnx.Module):
     self.shift_size = shift_size
     self.norm1 = norms.layer_norm(dim, dtype=dtype, rngs=rngs)
     self.attn = WindowAttention(dim, window_size, num_heads, qkv_bias=qkv_bias, dtype=dtype, rngs=rngs)
-    self.drop_path = _drop_path(drop_path, rngs)
+    self.drop_path = drop.drop_path(drop_path, 3, rngs=rngs)  # per-sample on [B, L, C] tokens
     self.norm2 = norms.layer_norm(dim, dtype=dtype, rngs=rngs)
     self.mlp = Mlp(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
 

@@ -28,10 +28,11 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from visjax.models.backbones import resnet
+from visjax.models.backbones import factory
 from visjax.models.backbones import swin
 from visjax.models.heads import dynamic_mask
 from visjax.models.layers.mlp import MLP, torch_default_kernel_init
+from visjax.models.layers import preprocess
 from visjax.models.layers.position import sine_position_embedding
 from visjax.models.transformers import deformable
 
@@ -78,31 +79,6 @@ def default_model_config() -> ml_collections.ConfigDict:
   return m
 
 
-def _round_up(x: int, m: int) -> int:
-  return -(-x // m) * m
-
-
-def build_backbone(c: ml_collections.ConfigDict, *, dtype: Any, rngs: nnx.Rngs) -> tuple[nnx.Module, list[int]]:
-  """The backbone of `config.model` (returning res3..res5) and its res3..res5 channels."""
-  kind = c.get('backbone', 'resnet')
-  if kind == 'resnet':
-    width = int(c.get('backbone_width', 64))
-    net = resnet.resnet_d2(c.backbone_depth, out_features=('res3', 'res4', 'res5'), freeze_at=c.freeze_at,
-                           norm=c.get('backbone_norm', 'FrozenBN'), width=width, dtype=dtype, rngs=rngs)
-    expansion = 4 if resnet.DEPTHS[c.backbone_depth].bottleneck else 1
-    return net, [2 * width * expansion, 4 * width * expansion, 8 * width * expansion]
-  if kind == 'swin':
-    fields = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in c.swin.items()}
-    try:
-      size = swin.SwinConfig(**fields)
-    except TypeError as e:
-      known = [f.name for f in dataclasses.fields(swin.SwinConfig)]
-      raise ValueError(f'IDOL config.model.swin: {e}; fields are {known}.') from e
-    net = swin.SwinTransformer(size, out_features=('res3', 'res4', 'res5'), dtype=dtype, rngs=rngs)
-    return net, list(net.num_features[1:])
-  raise ValueError(f"IDOL config.model.backbone must be 'resnet' or 'swin', got {kind!r}.")
-
-
 class IDOL(nnx.Module):
   """IDOL detector / segmenter for single frames (tracking happens on the host, see `tracker.py`)."""
 
@@ -119,7 +95,9 @@ class IDOL(nnx.Module):
       raise ValueError(f'IDOL config.model: d_model ({c.d_model}) must be a multiple of 32 (GroupNorm(32)).')
     self.config = ml_collections.FrozenConfigDict(c)  # static (hashable) copy
     self.dtype = dtype
-    self.backbone, in_channels = build_backbone(c, dtype=dtype, rngs=rngs)
+    self.backbone, channels = factory.build_backbone(c, out_features=('res3', 'res4', 'res5'), dtype=dtype,
+                                                    rngs=rngs)
+    in_channels = list(channels.values())
     self.input_proj = deformable.InputProjection(in_channels, c.d_model, c.num_feature_levels, dtype=dtype,
                                                  rngs=rngs)
     self.transformer = deformable.DeformableTransformer(
@@ -164,16 +142,8 @@ class IDOL(nnx.Module):
       normalisation) and the pad mask bool `[N, Hp, Wp]` (True on padding).
     """
     c = self.config
-    n, h, w, _ = images.shape
-    hp, wp = _round_up(h, c.size_divisibility), _round_up(w, c.size_divisibility)
-    x = (images.astype(jnp.float32) - jnp.asarray(c.pixel_mean, jnp.float32)) / jnp.asarray(c.pixel_std,
-                                                                                           jnp.float32)
-    x = jnp.pad(x, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)))
-    rows = jnp.arange(hp)[None, :, None]
-    cols = jnp.arange(wp)[None, None, :]
-    pad_mask = (rows >= image_size[:, 0, None, None]) | (cols >= image_size[:, 1, None, None])
-    x = jnp.where(pad_mask[..., None], 0., x)
-    return x, pad_mask
+    return preprocess.normalize_images(images, image_size, pixel_mean=c.pixel_mean, pixel_std=c.pixel_std,
+                                       size_divisibility=c.size_divisibility)
 
   def __call__(self, images: jax.Array, image_size: jax.Array, *, train: bool = False,
                rng: jax.Array | None = None, mask_layers: Sequence[int] | None = None) -> dict[str, jax.Array]:

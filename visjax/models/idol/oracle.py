@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 
 from visjax.models.idol import method
-from visjax.models.transformers import deformable
+from visjax.models.layers.functional import inverse_sigmoid
 
 
 def perfect_outputs(gt_masks: np.ndarray, labels: np.ndarray, *, num_queries: int, num_classes: int,
@@ -56,7 +56,7 @@ def perfect_outputs(gt_masks: np.ndarray, labels: np.ndarray, *, num_queries: in
       embeds[f, k, k] = 10.
       if soft:
         cover = m.reshape(h // stride, stride, w // stride, stride).mean(axis=(1, 3))
-        masks[f, k] = np.asarray(deformable.inverse_sigmoid(cover, eps=1e-4))
+        masks[f, k] = np.asarray(inverse_sigmoid(cover, eps=1e-4))
       else:
         masks[f, k] = np.where(m[::stride, ::stride], 10., -10.)
   return logits, boxes, embeds, masks

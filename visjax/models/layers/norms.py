@@ -52,24 +52,53 @@ class FrozenBatchNorm2d(nnx.Module):
 
 
 class BatchNorm2d(nnx.Module):
-  """torch `nn.BatchNorm2d` in eval mode (mmdet `norm_eval=True`): normalises with the running statistics.
+  """torch `nn.BatchNorm2d`: eval mode (mmdet `norm_eval=True`, the default here) normalises with the running
+  statistics; training mode (IAI's head BN) normalises with the batch statistics and updates the running ones.
 
   Variables: `weight`, `bias` (`nnx.Param`, `[C]`; turned `Frozen` by `freeze()` in frozen stages),
-  `running_mean`, `running_var` (`nnx.BatchStat`, `[C]`, never updated: training-mode batch statistics are not
-  implemented because none of the ported methods trains them).
+  `running_mean`, `running_var` (`nnx.BatchStat`, `[C]`; updated in place in training mode with torch's
+  `momentum` and the unbiased batch variance; the engine carries them as non-trainable state).
+
+  Batch statistics are over every axis but the channel axis. Under `jax.jit` with a batch sharded over the
+  `data` mesh axis that is the global batch, i.e. torch's `SyncBatchNorm`; inside `shard_map` / `pmap`, pass
+  `axis_name` to average the per-device moments over that axis (per-device statistics otherwise).
   """
 
-  def __init__(self, num_features: int, *, eps: float = TORCH_EPS):
+  def __init__(self, num_features: int, *, eps: float = TORCH_EPS, momentum: float = 0.1):
     self.eps = eps
+    self.momentum = momentum
     self.weight = nnx.Param(jnp.ones((num_features,), jnp.float32))
     self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
     self.running_mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
     self.running_var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """`x [..., C]` -> `[..., C]` (same dtype as `x`)."""
-    scale, shift = _fold_bn(self.weight.get_value(), self.bias.get_value(), self.running_mean.get_value(),
-                            self.running_var.get_value(), self.eps)
+  def __call__(self, x: jax.Array, *, use_running_average: bool = True, axis_name: str | None = None,
+               update_stats: bool = True) -> jax.Array:
+    """`x [..., C]` -> `[..., C]` (same dtype as `x`).
+
+    Args:
+      use_running_average: eval mode (True) or batch statistics (False, torch `train()`).
+      axis_name: mapped axis to average the batch moments over (inside shard_map / pmap only).
+      update_stats: in training mode, also update `running_mean` / `running_var`.
+    """
+    if use_running_average:
+      mean, var = self.running_mean.get_value(), self.running_var.get_value()
+    else:
+      axes = tuple(range(x.ndim - 1))
+      xf = x.astype(jnp.float32)
+      mean = jnp.mean(xf, axes)
+      if axis_name is not None:
+        mean = jax.lax.pmean(mean, axis_name)
+      var = jnp.mean(jnp.square(xf - mean), axes)  # two-pass, as torch
+      if axis_name is not None:
+        var = jax.lax.pmean(var, axis_name)
+      if update_stats:
+        n = x.size // x.shape[-1] * (1 if axis_name is None else jax.lax.psum(1, axis_name))
+        unbiased = var * (n / jnp.maximum(n - 1, 1))
+        m = self.momentum
+        self.running_mean.set_value((1 - m) * self.running_mean.get_value() + m * jax.lax.stop_gradient(mean))
+        self.running_var.set_value((1 - m) * self.running_var.get_value() + m * jax.lax.stop_gradient(unbiased))
+    scale, shift = _fold_bn(self.weight.get_value(), self.bias.get_value(), mean, var, self.eps)
     return x * scale.astype(x.dtype) + shift.astype(x.dtype)
 
 

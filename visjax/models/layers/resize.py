@@ -70,3 +70,56 @@ def aligned_bilinear(x: jax.Array, factor: int) -> jax.Array:
   hp = jax.lax.Precision.HIGHEST
   x = jnp.einsum('ih,bhwc->biwc', mh, x, precision=hp)
   return jnp.einsum('jw,biwc->bijc', mw, x, precision=hp)
+
+
+@functools.lru_cache(maxsize=None)
+def bilinear_matrix(in_size: int, out_size: int, align_corners: bool = False,
+                    scale_factor: float | None = None) -> np.ndarray:
+  """`[out_size, in_size]` float32 interpolation matrix of one axis of `F.interpolate(mode='bilinear')`.
+
+  ATen's source index, computed in float32 as ATen does: `align_corners=True`: `dst * (in - 1) / (out - 1)`;
+  else `max((dst + 0.5) * s - 0.5, 0)` with `s = 1 / scale_factor` when a scale factor was given (torch's default
+  `recompute_scale_factor=None`) and `in / out` otherwise. No antialiasing.
+  """
+  dst = np.arange(out_size, dtype=np.float32)
+  if align_corners:
+    scale = np.float32((in_size - 1) / (out_size - 1)) if out_size > 1 else np.float32(0.)
+    src = dst * scale
+  else:
+    scale = np.float32(1. / scale_factor) if scale_factor else np.float32(in_size / out_size)
+    src = np.maximum((dst + np.float32(0.5)) * scale - np.float32(0.5), np.float32(0.))
+  i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+  frac = (src - i0.astype(np.float32)).astype(np.float32)
+  i1 = np.minimum(i0 + 1, in_size - 1)
+  mat = np.zeros((out_size, in_size), np.float32)
+  rows = np.arange(out_size)
+  np.add.at(mat, (rows, i0), np.float32(1.) - frac)
+  np.add.at(mat, (rows, i1), frac)
+  return mat
+
+
+def resize_bilinear(x: jax.Array, size: tuple[int, int], *, align_corners: bool = False,
+                    scale_factor: float | None = None) -> jax.Array:
+  """`F.interpolate(x, size, mode='bilinear', align_corners=...)` (no antialias) on `x [B, H, W, ...]`.
+
+  Args:
+    x: `[B, H, W, ...]` (trailing axes, e.g. channels or queries, are carried along).
+    size: output `(H', W')`.
+    align_corners: torch's flag.
+    scale_factor: the `scale_factor` torch was called with, if it was (it sets the coordinate mapping; `size`
+      must then be `floor(H * s), floor(W * s)`).
+
+  Returns:
+    `[B, H', W', ...]` in `x.dtype` (separable matrices, float32 accumulation at HIGHEST precision).
+  """
+  if x.ndim < 3:
+    raise ValueError(f'resize_bilinear: x must be [B, H, W, ...], got shape {x.shape}.')
+  out_h, out_w = int(size[0]), int(size[1])
+  if (out_h, out_w) == tuple(x.shape[1:3]):
+    return x
+  mh = jnp.asarray(bilinear_matrix(x.shape[1], out_h, align_corners, scale_factor))
+  mw = jnp.asarray(bilinear_matrix(x.shape[2], out_w, align_corners, scale_factor))
+  hp = jax.lax.Precision.HIGHEST
+  y = jnp.einsum('ih,bhw...->biw...', mh, x.astype(jnp.float32), precision=hp)
+  y = jnp.einsum('jw,biw...->bij...', mw, y, precision=hp)
+  return y.astype(x.dtype)

@@ -28,18 +28,15 @@ from flax import nnx
 
 from visjax.models.layers import norms
 from visjax.models.layers import resize
+from visjax.models.layers.attention import MultiheadAttention
+from visjax.models.layers.conv import ConvNorm
+from visjax.models.layers.functional import inverse_sigmoid
 from visjax.models.layers.mlp import torch_default_bias_init
 from visjax.models.layers.msdeform_attn import MSDeformAttn
 
 SpatialShapes = tuple[tuple[int, int], ...]
 
 _xavier = nnx.initializers.xavier_uniform()
-
-
-def inverse_sigmoid(x: jax.Array, eps: float = 1e-5) -> jax.Array:
-  """`log(x / (1 - x))` with x clamped to [0, 1] and both terms to >= eps (Deformable-DETR `inverse_sigmoid`)."""
-  x = jnp.clip(x, 0., 1.)
-  return jnp.log(jnp.maximum(x, eps) / jnp.maximum(1. - x, eps))
 
 
 def xavier_linear(in_features: int, out_features: int, dtype: Any, rngs: nnx.Rngs) -> nnx.Linear:
@@ -50,22 +47,6 @@ def xavier_linear(in_features: int, out_features: int, dtype: Any, rngs: nnx.Rng
 
 # ----------------------------------------------------------------------------------------------------------------
 # Input projection and level bookkeeping.
-
-
-class ConvNorm(nnx.Module):
-  """Conv2d (with bias) followed by GroupNorm: one level of the official `input_proj` (`.0` conv, `.1` GN)."""
-
-  def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, *, num_groups: int = 32,
-               dtype: Any = None, rngs: nnx.Rngs):
-    pad = kernel_size // 2
-    self.conv = nnx.Conv(in_channels, out_channels, (kernel_size, kernel_size), strides=stride,
-                         padding=((pad, pad), (pad, pad)), dtype=dtype, kernel_init=_xavier,
-                         bias_init=nnx.initializers.zeros_init(), rngs=rngs)
-    self.norm = norms.group_norm(out_channels, num_groups=num_groups, dtype=dtype, rngs=rngs)
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """`x [B, H, W, in]` -> `[B, H', W', out]`."""
-    return self.norm(self.conv(x))
 
 
 class InputProjection(nnx.Module):
@@ -176,41 +157,6 @@ def _ffn(layer: nnx.Module, x: jax.Array, dropout: nnx.Dropout, deterministic: b
          rngs: nnx.Rngs | None) -> jax.Array:
   """`linear2(dropout(relu(linear1(x))))` of an encoder/decoder layer (the residual and norm are the caller's)."""
   return layer.linear2(dropout(jax.nn.relu(layer.linear1(x)), deterministic=deterministic, rngs=rngs))
-
-
-class MultiheadAttention(nnx.Module):
-  """`torch.nn.MultiheadAttention(d_model, n_heads, dropout)` (batch-first here), with the fused `in_proj`
-  split into `q_proj`, `k_proj`, `v_proj` (rows [0:C], [C:2C], [2C:3C] of `in_proj_weight`) and `out_proj`.
-  Dropout applies to the attention probabilities, as torch does.
-  """
-
-  def __init__(self, d_model: int, n_heads: int, dropout: float = 0., *, dtype: Any = None, rngs: nnx.Rngs):
-    if d_model % n_heads:
-      raise ValueError(f'MultiheadAttention: d_model {d_model} not divisible by n_heads {n_heads}.')
-    self.n_heads = n_heads
-    # xavier on the fused [3C, C] in_proj_weight == variance_scaling(0.5, fan_avg) on each [C, C] part.
-    in_init = nnx.initializers.variance_scaling(0.5, 'fan_avg', 'uniform')
-    zeros = nnx.initializers.zeros_init()
-    self.q_proj = nnx.Linear(d_model, d_model, dtype=dtype, kernel_init=in_init, bias_init=zeros, rngs=rngs)
-    self.k_proj = nnx.Linear(d_model, d_model, dtype=dtype, kernel_init=in_init, bias_init=zeros, rngs=rngs)
-    self.v_proj = nnx.Linear(d_model, d_model, dtype=dtype, kernel_init=in_init, bias_init=zeros, rngs=rngs)
-    self.out_proj = nnx.Linear(d_model, d_model, dtype=dtype, kernel_init=_xavier, bias_init=zeros, rngs=rngs)
-    self.dropout = nnx.Dropout(dropout)
-
-  def __call__(self, query: jax.Array, key: jax.Array, value: jax.Array, *, deterministic: bool = True,
-               rngs: nnx.Rngs | None = None) -> jax.Array:
-    """`query [B, Q, C]`, `key`/`value [B, K, C]` -> `[B, Q, C]`."""
-    b, q, c = query.shape
-    k = key.shape[1]
-    d = c // self.n_heads
-    qh = self.q_proj(query).reshape(b, q, self.n_heads, d)
-    kh = self.k_proj(key).reshape(b, k, self.n_heads, d)
-    vh = self.v_proj(value).reshape(b, k, self.n_heads, d)
-    logits = jnp.einsum('bqhd,bkhd->bhqk', qh * (d ** -0.5), kh)
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(vh.dtype)
-    probs = self.dropout(probs, deterministic=deterministic, rngs=rngs)
-    out = jnp.einsum('bhqk,bkhd->bqhd', probs, vh).reshape(b, q, c)
-    return self.out_proj(out)
 
 
 class DeformableTransformerEncoderLayer(nnx.Module):
