@@ -181,7 +181,7 @@ class IDOL(nnx.Module):
                                        size_divisibility=c.size_divisibility)
 
   def __call__(self, images: jax.Array, image_size: jax.Array, *, train: bool = False,
-               rng: jax.Array | None = None, mask_layers: Sequence[int] | None = None) -> dict[str, jax.Array]:
+               rng: jax.Array | None = None, mask_layers: Sequence[int] | None = None, intermediates: bool = False):
     """Runs the per-frame model.
 
     Args:
@@ -192,12 +192,21 @@ class IDOL(nnx.Module):
         / default stream of the construction `rngs`).
       rng: PRNG key for dropout (used only when `train` and dropout > 0).
       mask_layers: decoder layers whose masks are computed (e.g. `(-1,)` at inference); None = all.
+      intermediates: also return the named intermediates (docs/INTERFACES.md §6; a Python switch, so the graph
+        traced without it is unchanged):
+          backbone.res3|res4|res5 `[N, h, w, C_l]`; transformer.src_{l} `[N, H_l, W_l, C]` (projected input
+          level l), transformer.mask_{l} bool `[N, H_l, W_l]`, transformer.pos_{l} `[N, H_l, W_l, C]`;
+          encoder.memory `[N, S, C]`; decoder.hs `[Ldec, N, Q, C]`, decoder.references `[Ldec, N, Q, 4]`,
+          decoder.sampling_locations `[Ldec, N, Q, M, L, P, 2]`, decoder.attention_weights `[Ldec, N, Q, M, L, P]`;
+          mask_head.features `[N, H/8, W/8, mask_dim]`; controller.params `[Ldec, N, Q, P]` (dynamic mask-head
+          parameters of every layer).
 
     Returns:
       dict (all float32):
         pred_logits `[Ldec, N, Q, C]`, pred_boxes `[Ldec, N, Q, 4]` (cxcywh normalised to the unpadded image),
         pred_masks `[len(mask_layers) or Ldec, N, Q, ceil(H/4), ceil(W/4)]` mask logits at stride 4 of the input,
         pred_embeds `[N, Q, E]` (last layer), references `[Ldec, N, Q, 4]` (reference entering each layer).
+      With `intermediates`, `(outputs, intermediates)`.
     """
     c = self.config
     if images.ndim != 4 or images.shape[-1] != 3:
@@ -220,7 +229,7 @@ class IDOL(nnx.Module):
     srcs, masks = self.input_proj([feats['res3'], feats['res4'], feats['res5']], pad_mask)
     pos = [sine_position_embedding(m, c.d_model // 2) for m in masks]
     out = self.transformer(srcs, masks, pos, self.query_embed.embedding[...], list(self.bbox_embed),
-                           deterministic=deterministic, rngs=rngs)
+                           deterministic=deterministic, rngs=rngs, return_sampling=intermediates)
 
     hs = out.hs
     logits = jnp.stack([head(hs[l]) for l, head in enumerate(self.class_embed)]).astype(jnp.float32)
@@ -244,10 +253,22 @@ class IDOL(nnx.Module):
       masks_out.append(mask_logits(mask_feats, centres, self.controller(hs[l])))
     pred_masks = jnp.stack(masks_out).astype(jnp.float32)
     pred_masks = pred_masks[..., :-(-h // c.mask_out_stride), :-(-w // c.mask_out_stride)]
-    return {
+    outputs = {
         'pred_logits': logits,
         'pred_boxes': out.boxes.astype(jnp.float32),
         'pred_masks': pred_masks,
         'pred_embeds': self.reid_embed_head(hs[-1]).astype(jnp.float32),
         'references': out.references.astype(jnp.float32),
     }
+    if not intermediates:
+      return outputs
+    inter = {f'backbone.{k}': v for k, v in feats.items()}
+    for l, (src, m, p) in enumerate(zip(srcs, masks, pos)):
+      inter.update({f'transformer.src_{l}': src, f'transformer.mask_{l}': m, f'transformer.pos_{l}': p})
+    inter.update({
+        'encoder.memory': out.memory, 'decoder.hs': hs, 'decoder.references': out.references,
+        'decoder.sampling_locations': out.decoder.sampling_locations,
+        'decoder.attention_weights': out.decoder.attention_weights, 'mask_head.features': mask_feats,
+        'controller.params': jnp.stack([self.controller(hs[l]) for l in range(hs.shape[0])]),
+    })
+    return outputs, inter
