@@ -1,0 +1,1 @@
+"""Host-side (numpy) post-processing shared by the methods' trackers."""
