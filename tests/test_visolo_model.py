@@ -175,6 +175,46 @@ def test_online_step_matches_torch(converted):
   assert rel_err((p21.max(-1) + p20.max(-1)) / 2, gw3[:, 0].numpy()) <= TOL
 
 
+def test_video_memory_matches_official_loop(converted):
+  """Eight frames through the official test loop's memory (list appends / replacements) and through the
+  fixed-capacity buffer driven by `tracker.MemorySchedule` slots: same categories and kernels every frame."""
+  from visjax.models.visolo import tracker  # pylint: disable=g-import-not-at-top
+  ref, model, _ = converted
+  frames = 8  # frame 7 appends (7 % 5 == 2); 3..6 replace
+  images = _images((frames, H, W, 3), seed=3)
+  size = jnp.asarray([[H, W]], jnp.int32)
+  encode = nnx.jit(lambda m, x: m.encode(x, size))
+  decode = nnx.jit(lambda m, f, mem: m.decode(f, mem))
+  write = jax.jit(visolo_model.write_memory)
+  schedule = tracker.MemorySchedule()
+  memory = visolo_model.init_memory(1, tracker.MemorySchedule.capacity(frames), GRID, OUTDIM)
+  official = None
+  keys = ('frame_f', 'cat_f', 'kernel_f')
+  for t in range(frames):
+    with torch.no_grad():
+      if t == 0:
+        mem = (None,) * 3
+      else:  # frame 1 gets the official 4-d memory (frame 0 alone), later frames 5-d
+        mem = [official[k][:, :, 0] if t == 1 else official[k] for k in keys]
+      want = ref.model.VISOLOTest(torch.from_numpy(_normalise(images[t:t + 1])), *mem)
+    new = {k: want[k].unsqueeze(2) for k in keys}
+    if official is None:
+      official = new
+    elif t < 2 or t % 5 == 2:
+      official = {k: torch.cat([official[k], new[k]], 2) for k in keys}
+    else:
+      official = {k: torch.cat([official[k][:, :, :-2], official[k][:, :, -1:], new[k]], 2) for k in keys}
+    feats = encode(model, jnp.asarray(images[t:t + 1]))
+    if t == 0:
+      memory = write(memory, feats, schedule.push(0))
+    got = decode(model, feats, memory)
+    if t > 0:
+      memory = write(memory, feats, schedule.push(t))
+    assert schedule.frames[-1] == t and official['frame_f'].shape[2] == len(schedule.frames)
+    assert rel_err(jax.nn.sigmoid(got['cat_logits']), _nhwc(want['cats'])) <= TOL, t
+    assert rel_err(got['kernels'], _nhwc(want['kernels'])) <= TOL, t
+
+
 def test_mask_probs_match_official_mask_map():
   rng = np.random.default_rng(2)
   mask_f = rng.normal(size=(OUTDIM, 6, 8)).astype(np.float32)

@@ -253,6 +253,23 @@ def mask_probs(mask_f: jax.Array, kernels: jax.Array) -> jax.Array:
   return jax.nn.sigmoid(jnp.moveaxis(logits, -1, 1))
 
 
+def init_memory(batch: int, capacity: int, grid: Sequence[int], dim: int, dtype: Any = jnp.float32
+                ) -> dict[str, jax.Array]:
+  """An empty memory buffer: {'frame_f', 'cat_f', 'kernel_f': zeros `[B, M, S1, S2, D]`, 'valid': False `[B, M]`}."""
+  shape = (batch, capacity) + tuple(grid) + (dim,)
+  return dict(frame_f=jnp.zeros(shape, dtype), cat_f=jnp.zeros(shape, dtype), kernel_f=jnp.zeros(shape, dtype),
+              valid=jnp.zeros((batch, capacity), bool))
+
+
+def write_memory(memory: dict[str, jax.Array], feats: dict[str, jax.Array], slot: jax.Array | int
+                 ) -> dict[str, jax.Array]:
+  """Writes one frame's `encode` features (`[B, S1, S2, D]`) into buffer `slot` (may be traced) and marks it valid."""
+  out = {k: jax.lax.dynamic_update_index_in_dim(memory[k], feats[k].astype(memory[k].dtype), slot, 1)
+         for k in ('frame_f', 'cat_f', 'kernel_f')}
+  out['valid'] = memory['valid'].at[:, slot].set(True)
+  return out
+
+
 class VISOLO(nnx.Module):
   """The VISOLO network (official `VISOLO`); see the module docstring."""
 
