@@ -146,3 +146,22 @@ def test_dice_loss_squared():
   got = losses.dice_loss_squared(jnp.asarray(p, jnp.float32), jnp.asarray(t, jnp.float32))
   np.testing.assert_allclose(got, want, rtol=1e-5)
   assert float(losses.dice_loss_squared(jnp.ones((1, 4)), jnp.ones((1, 4)))[0]) == pytest.approx(0., abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------- mask resize
+
+@pytest.mark.torch
+@pytest.mark.parametrize('size', [(37, 50), (96, 160), (20, 20)])
+def test_resize_binary_mask_matches_torch(size):
+  torch = pytest.importorskip('torch')
+  from visjax.inference.masks import resize_binary_mask  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  mask = np.zeros((32, 48), np.float32)
+  mask[5:20, 7:30] = 1
+  mask[rng.random(mask.shape) < 0.05] = 1
+  want = torch.nn.functional.interpolate(torch.from_numpy(mask)[None, None], size, mode='bilinear',
+                                         align_corners=False)[0, 0].numpy()
+  got = resize_binary_mask(mask, size)
+  fragile = np.abs(want - 0.5) < 1e-5  # float rounding at exactly 0.5 may differ
+  assert got.shape == size and not fragile.all()
+  np.testing.assert_array_equal(got[~fragile], (want >= 0.5)[~fragile])

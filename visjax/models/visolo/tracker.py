@@ -25,8 +25,8 @@ lost candidates.
 The network is reached through two callables, so this module is plain numpy: `track_fn(feature_a, feature_b)`
 returns sigmoid tracking scores `[S, S]` (cell of a, cell of b) for two frames' tracking features (opaque objects,
 e.g. device arrays), and each frame brings a `mask_fn(cells) -> [k, H, W]` mask probabilities of the given cells.
-Masks are handed to `mask_encoder` (e.g. resize + RLE) as soon as their frame is final, so memory per track is
-what the encoder returns.
+Masks are handed to `mask_encoder` as soon as their frame is final, so memory per track is what the encoder returns;
+the official output step is `visjax.inference.masks.resize_binary_mask` to the original frame size (then RLE).
 """
 
 from __future__ import annotations
