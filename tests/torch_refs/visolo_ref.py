@@ -383,3 +383,29 @@ def tracking_loss(pred, target, alpha=0.25, gamma=2.):
   valid = valid.sum(dim=2)
   loss = loss / valid.clamp_min(1.)
   return loss.sum() / max(1, int((valid > 0).sum()))
+
+
+def official_test_outputs(model: VISOLO, frames: torch.Tensor) -> list[dict]:
+  """The network side of the official eval loop (`Visolo.forward`): `VISOLOTest` on each frame `[N, 3, H, W]`
+  (normalised) against the memory as the official code keeps it (frame 0 reads itself, frame 1 a 4-d memory of
+  frame 0, then appends at frames 1, 2 and n % 5 == 2, otherwise drops m[-2]). Returns each frame's outputs plus
+  'memory_len' (memory frames read)."""
+  keys = ('frame_f', 'cat_f', 'kernel_f')
+  memory, outputs = None, []
+  with torch.no_grad():
+    for t in range(len(frames)):
+      if t == 0:
+        mem = (None,) * 3
+      else:
+        mem = [memory[k][:, :, 0] if t == 1 else memory[k] for k in keys]
+      out = model.VISOLOTest(frames[t:t + 1], *mem)
+      out['memory_len'] = 0 if memory is None else memory['frame_f'].shape[2]
+      outputs.append(out)
+      new = {k: out[k].unsqueeze(2) for k in keys}
+      if memory is None:
+        memory = new
+      elif t < 3 or t % 5 == 2:
+        memory = {k: torch.cat([memory[k], new[k]], 2) for k in keys}
+      else:
+        memory = {k: torch.cat([memory[k][:, :, :-2], memory[k][:, :, -1:], new[k]], 2) for k in keys}
+  return outputs

@@ -206,10 +206,12 @@ class _Pending:
 class VisoloTracker:
   """Streaming official VISOLO association for one video; `add_frame` per frame, then `finish`."""
 
-  def __init__(self, cfg: TrackerConfig, track_fn: TrackFn, mask_encoder: Callable[[np.ndarray], Any] = None):
+  def __init__(self, cfg: TrackerConfig, track_fn: TrackFn,
+               mask_encoder: Callable[[np.ndarray, int], Any] | None = None):
+    """`mask_encoder(mask bool [H, W], frame) -> stored mask` (default: the mask itself)."""
     self.cfg = cfg
     self.track_fn = track_fn
-    self.mask_encoder = mask_encoder or (lambda m: m)
+    self.mask_encoder = mask_encoder or (lambda mask, frame: mask)
     self.tracks: list[Track] = []
     self.memory = MemorySchedule()
     self._features: dict[int, Any] = {}  # tracking features of the memory frames
@@ -335,7 +337,7 @@ class VisoloTracker:
 
   def _assign(self, inst: int, dets: FrameDetections, i: int, frame: int) -> None:
     track = self.tracks[inst]
-    track.masks[frame] = self.mask_encoder(dets.masks[i])
+    track.masks[frame] = self.mask_encoder(dets.masks[i], frame)
     track.scores[frame] = float(dets.scores[i])
     track.labels[frame] = int(dets.labels[i])
     track.class_probs[frame] = dets.class_probs[i]
