@@ -97,3 +97,43 @@ def test_configs_from_default_model_config():
   loss_cfg = criterion.LossConfig.from_model_config(c)
   assert loss_cfg == criterion.LossConfig(num_classes=40, grid=(12, 21))
   assert tracker.TrackerConfig.from_model_config(c) == tracker.TrackerConfig(num_classes=40)
+
+
+@pytest.mark.slow  # ~30 s on 2 CPU cores: compiling a ResNet forward + backward
+def test_train_step_through_model():
+  """One jitted loss + gradient through a tiny half-width model: finite, heads and res3/res4 get gradients, the
+  frozen stem / res2 (FREEZE_AT 2) do not."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from visjax.models.visolo import model as visolo_model  # pylint: disable=g-import-not-at-top
+  c = visolo_model.default_model_config()
+  c.update(backbone_depth=18, backbone_width=32, num_classes=C, grid_num=(2, 3), indim=128, outdim=64)
+  model = nnx.eval_shape(lambda: visolo_model.VISOLO.from_config(c, rngs=nnx.Rngs(0)))
+  rng = np.random.default_rng(0)
+
+  def fill(path, x):  # random weights without the (slow on CPU) eager init
+    ones = path[-1] in ('scale', 'running_var') or (path[-1] == 'weight' and path[-2] == 'norm')
+    return jnp.ones(x.shape) if ones else jnp.asarray(rng.normal(scale=0.05, size=x.shape), jnp.float32)
+
+  state = nnx.state(model)
+  nnx.update(model, nnx.from_flat_state([(p, v.replace(fill(p, v.get_value()))) for p, v in nnx.to_flat_state(state)]))
+  cfg = criterion.LossConfig.from_model_config(c)
+  masks = np.zeros((1, 3, 2, 32, 48), np.uint8)
+  masks[0, :, 0, 4:20, 6:30] = 1
+  masks[0, 1:, 1, 18:30, 30:46] = 1
+  batch = dict(image=rng.integers(0, 256, size=(1, 3, 32, 48, 3), dtype=np.uint8),
+               image_size=np.full((1, 3, 2), (32, 48), np.int32), masks=masks,
+               labels=np.array([[1, 3]], np.int32), instance_valid=np.ones((1, 2), bool))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  @jax.jit
+  def step(params, rest, batch):
+    return jax.value_and_grad(lambda p: criterion.model_loss(nnx.merge(graphdef, p, rest), batch, cfg)[0])(params)
+
+  loss, grads = step(params, rest, batch)
+  assert np.isfinite(float(loss)) and float(loss) > 0
+  flat = {'.'.join(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(grads)}
+  assert all(np.isfinite(g).all() for g in flat.values())
+  for prefix in ('Category_branch_post.pred', 'Kernel_branch.pred', 'Mask_branch.pred', 'Tracking_branch.track_Q',
+                 'Memory_module.conv1', 'backbone.res3', 'backbone.res4'):
+    assert any(np.abs(g).sum() > 0 for k, g in flat.items() if k.startswith(prefix)), prefix
+  assert not any(k.startswith(('backbone.stem', 'backbone.res2')) for k in flat)  # frozen: not Params

@@ -131,3 +131,8 @@ def visolo_loss(outputs: dict[str, jax.Array], batch: dict[str, jax.Array],
                           targets['owner'], cfg),
       loss_tracking=tracking_loss(outputs['pred_tracking'], targets['matching'], cfg))
   return sum(terms.values()), terms
+
+
+def model_loss(model, batch: dict[str, jax.Array], cfg: LossConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """`visolo_loss` of `model(batch['image'], batch['image_size'])` on a batch of 3-frame clips (INTERFACES §1)."""
+  return visolo_loss(model(batch['image'], batch['image_size']), batch, cfg)
