@@ -244,3 +244,23 @@ def test_official_size_layout():
   assert shapes['Tracking_branch.track_R_conv2.norm.scale'] == (128,)
   params = sum(int(np.prod(s)) for p, s in shapes.items() if not p.endswith(('running_mean', 'running_var')))
   assert 32.0e6 < params < 33.0e6
+
+
+def test_official_test_size_shapes():
+  """Shapes at the official test size 352 x 624 (abstract evaluation, no compute): r4 22 x 39 resized to the
+  12 x 21 grid, mask features at stride 4, memory read over a capacity-4 buffer, training clips of 3 frames."""
+  config = visolo_model.default_model_config()
+  model = _abstract_model(config)
+  images = jax.ShapeDtypeStruct((1, 352, 624, 3), jnp.uint8)
+  sizes = jax.ShapeDtypeStruct((1, 2), jnp.int32)
+  feats = nnx.eval_shape(lambda m, x, s: m.encode(x, s), model, images, sizes)
+  assert feats['res4'].shape == (1, 22, 39, 1024) and feats['res2'].shape == (1, 88, 156, 256)
+  assert feats['cat_f'].shape == feats['kernel_f'].shape == feats['frame_f'].shape == (1, 12, 21, 256)
+  assert feats['mask_f'].shape == (1, 88, 156, 256)
+  memory = jax.eval_shape(lambda: visolo_model.init_memory(1, 4, (12, 21), 256))
+  out = nnx.eval_shape(lambda m, f, mem: m.decode(f, mem, intermediates=True), model, feats, memory)
+  assert out['cat_logits'].shape == (1, 12, 21, 40) and out['kernels'].shape == (1, 12, 21, 256)
+  assert out['tracking'].shape == (1, 4, 252, 252)
+  clips = jax.ShapeDtypeStruct((2, 3, 352, 624, 3), jnp.uint8)
+  train = nnx.eval_shape(lambda m, x, s: m(x, s), model, clips, jax.ShapeDtypeStruct((2, 3, 2), jnp.int32))
+  assert train['pred_tracking'].shape == (2, 3, 252, 252) and train['pred_masks'].shape == (2, 3, 88, 156, 256)
