@@ -86,7 +86,7 @@ def test_no_instances_gives_zero_mask_and_tracking_loss():
   batch, outputs = _batch(3)
   batch['masks'][:] = 0
   cfg = criterion.LossConfig(num_classes=C, grid=GRID)
-  _, terms = criterion.visolo_loss(outputs, batch, cfg)
+  _, terms = jax.jit(lambda o, b: criterion.visolo_loss(o, b, cfg))(outputs, batch)
   assert float(terms['loss_mask']) == 0 and float(terms['loss_tracking']) == 0 and float(terms['loss_cat']) > 0
 
 
