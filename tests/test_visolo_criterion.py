@@ -1,11 +1,14 @@
 """VISOLO loss (`visjax.models.visolo.criterion`) against a torch port of the official targets (`getGridClassAndMask`)
 and losses (`CategoryLoss`, `MaskLoss`, `TrackingLoss`) on random predictions and instance masks."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import visolo_common
 from visjax.models.visolo import criterion
 
 pytestmark = pytest.mark.torch
@@ -15,6 +18,10 @@ from torch_refs import visolo_ref  # pylint: disable=g-import-not-at-top
 B, T, N, C, D = 2, 3, 4, 5, 8
 GRID = (4, 6)
 H, W = 32, 48  # mask features 8 x 12
+
+
+def _settings():
+  return criterion.loss_settings(visolo_common.visolo_config(C).loss)
 
 
 def _batch(seed):
@@ -59,23 +66,23 @@ def _official(batch, outputs):
 def test_loss_matches_official(seed):
   batch, outputs = _batch(seed)
   want = _official(batch, outputs)
-  cfg = criterion.LossConfig(num_classes=C, grid=GRID)
+  cfg = _settings()
   total, terms = jax.jit(lambda o, b: criterion.visolo_loss(o, b, cfg))(outputs, batch)
   for key, value in want.items():
     assert abs(float(terms[key]) - value) <= 1e-5 * abs(value), (key, float(terms[key]), value)
   assert float(total) == pytest.approx(sum(want.values()), rel=1e-5)
   # Masks for the positive cells only (static cap >= the positives of every frame) give the same loss.
-  owner = np.asarray(criterion.build_targets(jax.tree.map(jnp.asarray, batch), cfg)['owner'])
+  owner = np.asarray(criterion.build_targets(jax.tree.map(jnp.asarray, batch), cfg, grid=GRID, num_classes=C)['owner'])
   cap = int((owner >= 0).sum(-1).max())
   assert 0 < cap < owner.shape[-1]
-  capped = criterion.LossConfig(num_classes=C, grid=GRID, max_mask_cells=cap)
+  capped = dataclasses.replace(cfg, max_mask_cells=cap)
   _, terms_capped = jax.jit(lambda o, b: criterion.visolo_loss(o, b, capped))(outputs, batch)
   assert float(terms_capped['loss_mask']) == pytest.approx(want['loss_mask'], rel=1e-5)
 
 
 def test_loss_gradients_finite():
   batch, outputs = _batch(2)
-  cfg = criterion.LossConfig(num_classes=C, grid=GRID)
+  cfg = _settings()
   grads = jax.jit(jax.grad(lambda o: criterion.visolo_loss(o, batch, cfg)[0]))(outputs)
   for key, g in grads.items():
     g = np.asarray(g)
@@ -85,18 +92,9 @@ def test_loss_gradients_finite():
 def test_no_instances_gives_zero_mask_and_tracking_loss():
   batch, outputs = _batch(3)
   batch['masks'][:] = 0
-  cfg = criterion.LossConfig(num_classes=C, grid=GRID)
+  cfg = _settings()
   _, terms = jax.jit(lambda o, b: criterion.visolo_loss(o, b, cfg))(outputs, batch)
   assert float(terms['loss_mask']) == 0 and float(terms['loss_tracking']) == 0 and float(terms['loss_cat']) > 0
-
-
-def test_configs_from_default_model_config():
-  from visjax.models.visolo import model as visolo_model  # pylint: disable=g-import-not-at-top
-  from visjax.models.visolo import tracker  # pylint: disable=g-import-not-at-top
-  c = visolo_model.default_model_config()
-  loss_cfg = criterion.LossConfig.from_model_config(c)
-  assert loss_cfg == criterion.LossConfig(num_classes=40, grid=(12, 21))
-  assert tracker.TrackerConfig.from_model_config(c) == tracker.TrackerConfig(num_classes=40)
 
 
 @pytest.mark.slow  # ~30 s on 2 CPU cores: compiling a ResNet forward + backward
@@ -107,7 +105,7 @@ def test_train_step_through_model():
   from visjax.models.visolo import model as visolo_model  # pylint: disable=g-import-not-at-top
   c = visolo_model.default_model_config()
   c.update(backbone_depth=18, backbone_width=32, num_classes=C, grid_num=(2, 3), indim=128, outdim=64)
-  model = nnx.eval_shape(lambda: visolo_model.VISOLO.from_config(c, rngs=nnx.Rngs(0)))
+  model = nnx.eval_shape(lambda: visolo_model.VISOLO.from_model_config(c, rngs=nnx.Rngs(0)))
   rng = np.random.default_rng(0)
 
   def fill(path, x):  # random weights without the (slow on CPU) eager init
@@ -116,7 +114,7 @@ def test_train_step_through_model():
 
   state = nnx.state(model)
   nnx.update(model, nnx.from_flat_state([(p, v.replace(fill(p, v.get_value()))) for p, v in nnx.to_flat_state(state)]))
-  cfg = criterion.LossConfig.from_model_config(c)
+  cfg = _settings()
   masks = np.zeros((1, 3, 2, 32, 48), np.uint8)
   masks[0, :, 0, 4:20, 6:30] = 1
   masks[0, 1:, 1, 18:30, 30:46] = 1

@@ -40,7 +40,7 @@ def _state_dict(ref):
 
 
 def _abstract_model(config):
-  return nnx.eval_shape(lambda: visolo_model.VISOLO.from_config(config, rngs=nnx.Rngs(0)))
+  return nnx.eval_shape(lambda: visolo_model.VISOLO.from_model_config(config, rngs=nnx.Rngs(0)))
 
 
 @pytest.fixture(scope='module')

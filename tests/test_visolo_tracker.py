@@ -8,6 +8,7 @@ import copy
 import numpy as np
 import pytest
 
+from configs import visolo_common
 from visjax.models.visolo import tracker as tracker_lib
 from visolo_reference import OfficialPort
 
@@ -52,13 +53,17 @@ def _video(seed, n_frames, n_objects=4):
   return frames
 
 
+def _settings():
+  return tracker_lib.tracker_settings(visolo_common.visolo_config(C).tracker)
+
+
 def _track_fn(a, b):
   return (1. / (1. + np.exp(-(a @ b.T - 2.)))).astype(np.float32)
 
 
 @pytest.mark.parametrize('seed,n_frames', [(0, 12), (1, 9), (2, 15), (3, 3)])
 def test_tracker_matches_official_loop(seed, n_frames):
-  cfg = tracker_lib.TrackerConfig(num_classes=C)
+  cfg = _settings()
   frames = _video(seed, n_frames)
   official = OfficialPort(cfg, _track_fn)
   want = official.run(copy.deepcopy(frames))
@@ -68,19 +73,19 @@ def test_tracker_matches_official_loop(seed, n_frames):
   got = trk.finish()
   assert want is not None and len(got) == len(want['masks'])
   for k, track in enumerate(got):
-    assert track['track_id'] == k
+    assert track.track_id == k
     for t in range(n_frames):
       present = want['masks'][k, t].any()
-      assert (track['masks'][t] is not None) == present, (k, t)
+      assert (track.segmentations[t] is not None) == present, (k, t)
       if present:
-        np.testing.assert_array_equal(track['masks'][t], want['masks'][k, t])
-        assert track['frame_scores'][t] == pytest.approx(float(want['scores'][k, t]), rel=1e-6)
-    np.testing.assert_allclose(track['class_scores'], want['avg'][k], rtol=1e-6)
-    assert track['label'] == want['labels'][k]
+        np.testing.assert_array_equal(track.segmentations[t], want['masks'][k, t])
+        assert track.frame_scores[t] == pytest.approx(float(want['scores'][k, t]), rel=1e-6)
+    np.testing.assert_allclose(track.class_scores, want['avg'][k], rtol=1e-6)
+    assert track.class_scores.argmax() == want['labels'][k]
   if n_frames >= 9:  # every branch ran; frames 5 (nothing passes) and 8 (NaN Matrix NMS) are dropped
     assert all(v > 0 for v in official.events.values()), official.events
-    assert all(track['masks'][5] is None and track['masks'][8] is None for track in got)
-    assert sum(track['masks'][7] is not None for track in got) > 0
+    assert all(track.segmentations[5] is None and track.segmentations[8] is None for track in got)
+    assert sum(track.segmentations[7] is not None for track in got) > 0
 
 
 def test_memory_schedule():
@@ -97,7 +102,7 @@ def test_memory_schedule():
 
 
 def test_segment_frame_quirks():
-  cfg = tracker_lib.TrackerConfig(num_classes=2)
+  cfg = _settings()
   probs = np.zeros((S, 2), np.float32)
   probs[0, 1] = 0.9  # only cell 0 passes: the official code treats the frame as empty
   masks = np.zeros((S, H, W), np.float32)

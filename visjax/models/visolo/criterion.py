@@ -21,28 +21,28 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from visjax import losses
+from visjax.models import settings
 from visjax.models.heads import grid_targets
 from visjax.models.visolo.model import mask_probs
 
 
 @dataclasses.dataclass(frozen=True)
-class LossConfig:
-  """`config.model.loss` (visolo/config.py: FOCAL_LOSS_ALPHA/GAMMA, DICE_LOSS_EPS, MASK_WEIGHT, SAMPLING_EPS)."""
+class LossSettings:
+  """The fields of `config.loss` (official values and sources in `configs/visolo_common.py`)."""
+  focal_alpha: float
+  focal_gamma: float
+  dice_eps: float
+  mask_weight: float
+  sampling_eps: float
+  max_mask_cells: int  # 0: masks for every grid cell (exact); k > 0: the first k positive cells of each frame
 
-  num_classes: int
-  grid: tuple[int, int] = (12, 21)
-  focal_alpha: float = 0.25
-  focal_gamma: float = 2.
-  dice_eps: float = 1e-7
-  mask_weight: float = 3.
-  sampling_eps: float = 0.2
-  max_mask_cells: int = 0  # 0: masks for every cell (exact); k: for the first k positive cells of each frame
 
-  @classmethod
-  def from_model_config(cls, c) -> 'LossConfig':
-    return cls(num_classes=c.num_classes, grid=tuple(c.grid_num), **dict(c.loss))
+def loss_settings(section: ml_collections.ConfigDict | None) -> LossSettings:
+  """`LossSettings` from `config.loss`; every field is required (one error lists the missing / unknown ones)."""
+  return settings.from_config(LossSettings, section, 'config.loss')
 
 
 def _safe_div(x: jax.Array, n: jax.Array) -> jax.Array:
@@ -54,18 +54,19 @@ def frame_pairs(num_frames: int) -> list[tuple[int, int]]:
   return [(a, b) for a in range(num_frames) for b in range(a + 1, num_frames)]
 
 
-def build_targets(batch: dict[str, jax.Array], cfg: LossConfig) -> dict[str, jax.Array]:
+def build_targets(batch: dict[str, jax.Array], cfg: LossSettings, *, grid: tuple[int, int],
+                  num_classes: int) -> dict[str, jax.Array]:
   """{'owner': int `[B, T, S]` instance per cell (-1: none), 'cls': `[B, T, S, C]`, 'matching': `[B, P, S, S]`}."""
   masks = batch['masks'] * batch['instance_valid'][:, None, :, None, None].astype(batch['masks'].dtype)
-  assign = lambda m: grid_targets.assign_cells(m, grid=cfg.grid, eps=cfg.sampling_eps)
+  assign = lambda m: grid_targets.assign_cells(m, grid=grid, eps=cfg.sampling_eps)
   owner = jax.vmap(jax.vmap(assign))(masks)
-  cls = jax.vmap(lambda o, lab: grid_targets.category_targets(o, lab, cfg.num_classes))(owner, batch['labels'])
+  cls = jax.vmap(lambda o, lab: grid_targets.category_targets(o, lab, num_classes))(owner, batch['labels'])
   pairs = frame_pairs(masks.shape[1])
   matching = jnp.stack([jax.vmap(grid_targets.matching_targets)(owner[:, a], owner[:, b]) for a, b in pairs], 1)
   return dict(owner=owner, cls=cls, matching=matching)
 
 
-def category_loss(logits: jax.Array, targets: jax.Array, cfg: LossConfig) -> jax.Array:
+def category_loss(logits: jax.Array, targets: jax.Array, cfg: LossSettings) -> jax.Array:
   """`logits`, `targets` `[B, T, S1, S2, C]` / `[B, T, S, C]` -> scalar (official `CategoryLoss`, 5-d case)."""
   b, t = targets.shape[:2]
   logits = logits.reshape(b, t, -1)
@@ -75,7 +76,7 @@ def category_loss(logits: jax.Array, targets: jax.Array, cfg: LossConfig) -> jax
 
 
 def mask_loss(mask_f: jax.Array, kernels: jax.Array, masks: jax.Array, owner: jax.Array,
-              cfg: LossConfig) -> jax.Array:
+              cfg: LossSettings) -> jax.Array:
   """Official `MaskLoss`.
 
   Args:
@@ -112,7 +113,7 @@ def mask_loss(mask_f: jax.Array, kernels: jax.Array, masks: jax.Array, owner: ja
   return cfg.mask_weight * _safe_div(per_frame.sum(), clip_has.any(0).sum())
 
 
-def tracking_loss(logits: jax.Array, targets: jax.Array, cfg: LossConfig) -> jax.Array:
+def tracking_loss(logits: jax.Array, targets: jax.Array, cfg: LossSettings) -> jax.Array:
   """`logits`, `targets` `[B, P, S, S]` -> scalar (official `TrackingLoss` without `gt_cat`)."""
   rows = (targets.sum(-1) != 0).astype(logits.dtype)  # [B, P, S]
   focal = losses.sigmoid_focal_loss(logits, targets, cfg.focal_alpha, cfg.focal_gamma).sum(-1)
@@ -122,9 +123,11 @@ def tracking_loss(logits: jax.Array, targets: jax.Array, cfg: LossConfig) -> jax
 
 
 def visolo_loss(outputs: dict[str, jax.Array], batch: dict[str, jax.Array],
-                cfg: LossConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Total loss and its terms {'loss_cat', 'loss_mask', 'loss_tracking'} for `VISOLO.__call__`'s outputs."""
-  targets = build_targets(batch, cfg)
+                cfg: LossSettings) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Total loss and its terms {'loss_cat', 'loss_mask', 'loss_tracking'} for `VISOLO.__call__`'s outputs (grid
+  and number of classes read from `pred_cats [B, T, S1, S2, C]`)."""
+  grid, num_classes = tuple(outputs['pred_cats'].shape[2:4]), outputs['pred_cats'].shape[-1]
+  targets = build_targets(batch, cfg, grid=grid, num_classes=num_classes)
   terms = dict(
       loss_cat=category_loss(outputs['pred_cats'], targets['cls'], cfg),
       loss_mask=mask_loss(outputs['pred_masks'], outputs['pred_kernels'], batch['masks'].astype(jnp.float32),
@@ -133,6 +136,6 @@ def visolo_loss(outputs: dict[str, jax.Array], batch: dict[str, jax.Array],
   return sum(terms.values()), terms
 
 
-def model_loss(model, batch: dict[str, jax.Array], cfg: LossConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
+def model_loss(model, batch: dict[str, jax.Array], cfg: LossSettings) -> tuple[jax.Array, dict[str, jax.Array]]:
   """`visolo_loss` of `model(batch['image'], batch['image_size'])` on a batch of 3-frame clips (INTERFACES §1)."""
   return visolo_loss(model(batch['image'], batch['image_size']), batch, cfg)

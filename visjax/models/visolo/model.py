@@ -59,15 +59,6 @@ def default_model_config() -> ml_collections.ConfigDict:
   m.pixel_mean = PIXEL_MEAN
   m.pixel_std = PIXEL_STD
   m.size_divisibility = 16  # res2..res4 must upsample onto each other (352 x 624 is not a multiple of 32)
-  m.test_size = (352, 624)  # INPUT.CROP.SIZE: the official test resize T.Resize((352, 624))
-  # Loss (visolo/config.py, INPUT.SAMPLING_EPS)
-  m.loss = ml_collections.ConfigDict(dict(
-      focal_alpha=0.25, focal_gamma=2., dice_eps=1e-7, mask_weight=3., sampling_eps=0.2,
-      max_mask_cells=0))  # 0: every grid cell gets a mask (exact); k > 0: the first k positive cells per frame
-  # Online inference (visolo/config.py, visolo.py)
-  m.tracker = ml_collections.ConfigDict(dict(
-      tracking_thr=0.1, score_thr=0.1, mask_thr=0.5, update_thr=0.05, kernel='gaussian', sigma=2., nms_pre=500,
-      max_per_frame=100, overlap_thr=0.5))
   return m
 
 
@@ -292,8 +283,15 @@ class VISOLO(nnx.Module):
     self.Memory_module = Memory(outdim, norm, **kw)
 
   @classmethod
-  def from_config(cls, c: ml_collections.ConfigDict, *, dtype: Any = None, rngs: nnx.Rngs) -> 'VISOLO':
-    """Builds the model of `config.model` (fields: `default_model_config`)."""
+  def from_config(cls, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> 'VISOLO':
+    """Builds from a full visjax config: `config.model` (fields: `default_model_config`) and
+    `config.train.compute_dtype`."""
+    dtype = jnp.dtype(config.train.get('compute_dtype', 'float32'))
+    return cls.from_model_config(config.model, dtype=None if dtype == jnp.float32 else dtype, rngs=rngs)
+
+  @classmethod
+  def from_model_config(cls, c: ml_collections.ConfigDict, *, dtype: Any = None, rngs: nnx.Rngs) -> 'VISOLO':
+    """Builds the model of a `config.model` section."""
     backbone, channels = factory.build_backbone(c, out_features=('res2', 'res3', 'res4'), dtype=dtype, rngs=rngs)
     if channels['res4'] != c.indim:
       raise ValueError(f'VISOLO: indim {c.indim} != backbone res4 channels {channels["res4"]}.')

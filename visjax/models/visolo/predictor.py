@@ -1,12 +1,12 @@
 """Streaming VISOLO inference on one video: the jitted network step over a fixed-capacity memory buffer, driven by
 `tracker.MemorySchedule`, feeding `tracker.VisoloTracker` (official eval branch of `Visolo.forward`).
 
-    predictor = VisoloPredictor(model, tracker_cfg, num_frames=T, orig_size=(H, W))
+    predictor = VisoloPredictor(model, tracker_settings, VideoMeta(video_id, length, orig_size))
     for frames, sizes in chunks:         # uint8 [t, Hp, Wp, 3] and int [t, 2], in order
       predictor.add_frames(frames, sizes)
-    tracks = predictor.finish()          # [{'track_id', 'class_scores', 'score', 'label', 'masks', 'frame_scores'}]
+    tracks = predictor.finish()          # list[visjax.inference.tracks.Track]
 
-Frames are expected at the official test size (`T.Resize((352, 624))`, `config.model.test_size`); the output masks
+Frames are expected at the official test size (`T.Resize((352, 624))`, `config.input.test_fixed_size`); the output masks
 are cropped to the frame's content, resized to `orig_size` as the official output step (bilinear, >= 0.5) and RLE
 encoded per frame, so nothing of size `[tracks, T, H, W]` is held. The network compiles once per frame size and
 memory capacity (`MemorySchedule.capacity(num_frames)`); the per-frame mask computation once per power-of-two
@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from visjax.evaluation import results as results_lib
+from visjax.inference import predictor as predictor_lib
+from visjax.inference import tracks as tracks_lib
 from visjax.inference.masks import resize_binary_mask
 from visjax.models.visolo import model as visolo_model
 from visjax.models.visolo import tracker as tracker_lib
@@ -62,18 +64,17 @@ def _network(graphdef: nnx.GraphDef) -> dict[str, Any]:
 class VisoloPredictor:
   """VISOLO online inference on one video fed in any number of frame chunks (see module docstring)."""
 
-  def __init__(self, model: visolo_model.VISOLO, tracker_cfg: tracker_lib.TrackerConfig, *, num_frames: int,
-               orig_size: tuple[int, int]):
+  def __init__(self, model: visolo_model.VISOLO, tracker: tracker_lib.TrackerSettings,
+               video: predictor_lib.VideoMeta):
     graphdef, self._state = nnx.split(model)
     self._net = _network(graphdef)
-    self.num_frames = int(num_frames)
-    self.orig_size = tuple(int(s) for s in orig_size)
-    capacity = tracker_lib.MemorySchedule.capacity(self.num_frames)
+    self.video = video
+    capacity = tracker_lib.MemorySchedule.capacity(int(video.length))
     dim = model.Memory_module.conv1.conv.out_features
     self._memory = visolo_model.init_memory(1, capacity, model.grid, dim)
     self._schedule = tracker_lib.MemorySchedule()
     self._content: dict[int, tuple[int, int]] = {}
-    self.tracker = tracker_lib.VisoloTracker(tracker_cfg, self._track, self._encode_mask)
+    self.tracker = tracker_lib.VisoloTracker(tracker, self._track, self._encode_mask)
     self.next_frame = 0
 
   def _track(self, a: jax.Array, b: jax.Array) -> np.ndarray:
@@ -81,7 +82,7 @@ class VisoloPredictor:
 
   def _encode_mask(self, mask: np.ndarray, frame: int) -> dict:
     h, w = self._content[frame]
-    return results_lib.encode_mask(resize_binary_mask(mask[:h, :w], self.orig_size))
+    return results_lib.encode_mask(resize_binary_mask(mask[:h, :w], tuple(self.video.orig_size)))
 
   def _mask_fn(self, mask_f: jax.Array, kernels: jax.Array):
 
@@ -94,13 +95,7 @@ class VisoloPredictor:
 
   def add_frames(self, frames: np.ndarray, image_sizes: np.ndarray) -> None:
     """Runs frames `[t, Hp, Wp, 3]` (uint8 RGB, content `image_sizes [t, 2]` at the top left) in order."""
-    frames, image_sizes = np.asarray(frames), np.asarray(image_sizes, np.int32)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or image_sizes.shape != (len(frames), 2):
-      raise ValueError(f'VISOLO predict: frames must be [t, H, W, 3] with image_sizes [t, 2], got {frames.shape} '
-                       f'and {image_sizes.shape}.')
-    if self.next_frame + len(frames) > self.num_frames:
-      raise ValueError(f'VISOLO predict: got {self.next_frame + len(frames)} frames, more than the video length '
-                       f'{self.num_frames}.')
+    frames, image_sizes = predictor_lib.check_frames(self.video, self.next_frame, frames, image_sizes, 'VISOLO')
     for image, size in zip(frames, image_sizes):
       t = self.next_frame
       first = t == 0
@@ -114,8 +109,7 @@ class VisoloPredictor:
       self._content = {f: s for f, s in self._content.items() if f >= t - 1}
       self.next_frame += 1
 
-  def finish(self) -> list[dict[str, Any]]:
-    """The tracks (`VisoloTracker.finish`), masks as per-frame RLE (None where absent) at `orig_size`."""
-    if self.next_frame != self.num_frames:
-      raise ValueError(f'VISOLO predict: {self.next_frame} of {self.num_frames} frames were given.')
+  def finish(self) -> list[tracks_lib.Track]:
+    """The tracks (`VisoloTracker.finish`), masks as per-frame RLE (None where absent) at `video.orig_size`."""
+    predictor_lib.check_finished(self.video, self.next_frame, 'VISOLO')
     return self.tracker.finish()

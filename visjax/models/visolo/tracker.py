@@ -34,32 +34,34 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+import ml_collections
 import numpy as np
 
+from visjax.inference import tracks as tracks_lib
 from visjax.inference.matrix_nms import matrix_nms
+from visjax.models import settings
 
 TrackFn = Callable[[Any, Any], np.ndarray]
 MaskFn = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)
-class TrackerConfig:
-  """`MODEL.VISOLO.*` test settings (visolo/config.py) and the constants of visolo.py."""
+class TrackerSettings:
+  """The fields of `config.tracker` (official values and sources in `configs/visolo_common.py`)."""
+  tracking_thr: float
+  score_thr: float
+  mask_thr: float
+  update_thr: float
+  kernel: str
+  sigma: float
+  nms_pre: int
+  max_per_frame: int
+  overlap_thr: float
 
-  num_classes: int
-  tracking_thr: float = 0.1
-  score_thr: float = 0.1
-  mask_thr: float = 0.5
-  update_thr: float = 0.05
-  kernel: str = 'gaussian'
-  sigma: float = 2.
-  nms_pre: int = 500
-  max_per_frame: int = 100
-  overlap_thr: float = 0.5
 
-  @classmethod
-  def from_model_config(cls, c) -> 'TrackerConfig':
-    return cls(num_classes=c.num_classes, **dict(c.tracker))
+def tracker_settings(section: ml_collections.ConfigDict | None) -> TrackerSettings:
+  """`TrackerSettings` from `config.tracker`; every field is required."""
+  return settings.from_config(TrackerSettings, section, 'config.tracker')
 
 
 class MemorySchedule:
@@ -114,7 +116,7 @@ class FrameDetections:
 
 
 def segment_frame(class_probs: np.ndarray, mask_fn: MaskFn, grid_weight: np.ndarray | None,
-                  cfg: TrackerConfig) -> FrameDetections | None:
+                  cfg: TrackerSettings) -> FrameDetections | None:
   """Official `getSegMaskV5` on one frame.
 
   Args:
@@ -169,13 +171,12 @@ def _remove_overlaps(masks: np.ndarray, thr: float) -> np.ndarray:
 
 
 @dataclasses.dataclass
-class Track:
-  """One video instance. `masks` / `scores` / `class_probs` are keyed by frame index."""
+class _Instance:
+  """One video instance being built. `masks` / `scores` / `class_probs` are keyed by frame index."""
 
   track_id: int
   masks: dict[int, Any] = dataclasses.field(default_factory=dict)
   scores: dict[int, float] = dataclasses.field(default_factory=dict)
-  labels: dict[int, int] = dataclasses.field(default_factory=dict)
   class_probs: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
 
   def class_scores(self) -> np.ndarray:
@@ -206,13 +207,13 @@ class _Pending:
 class VisoloTracker:
   """Streaming official VISOLO association for one video; `add_frame` per frame, then `finish`."""
 
-  def __init__(self, cfg: TrackerConfig, track_fn: TrackFn,
+  def __init__(self, cfg: TrackerSettings, track_fn: TrackFn,
                mask_encoder: Callable[[np.ndarray, int], Any] | None = None):
     """`mask_encoder(mask bool [H, W], frame) -> stored mask` (default: the mask itself)."""
     self.cfg = cfg
     self.track_fn = track_fn
     self.mask_encoder = mask_encoder or (lambda mask, frame: mask)
-    self.tracks: list[Track] = []
+    self.tracks: list[_Instance] = []
     self.memory = MemorySchedule()
     self._features: dict[int, Any] = {}  # tracking features of the memory frames
     self._pending: _Pending | None = None
@@ -235,20 +236,17 @@ class VisoloTracker:
     self._features = {f: self._features.get(f, feature) for f in self.memory.frames}  # new frame: `feature`
     self.num_frames += 1
 
-  def finish(self) -> list[dict[str, Any]]:
-    """Finalises the last frame; returns the tracks: {'track_id', 'class_scores' [C], 'score', 'label',
-    'masks' (per frame: encoded mask or None), 'frame_scores' (per frame: score or None)}."""
+  def finish(self) -> list[tracks_lib.Track]:
+    """Finalises the last frame; returns the tracks in creation order (track ids 0, 1, ...): per-frame masks as
+    `mask_encoder` returned them (None where absent), per-frame scores, and the video-level class scores
+    (`Track.class_scores`, official `getAverageCat`; the label is their argmax)."""
     if self._pending is not None:
       self._finalise(None)
       self._pending = None
-    out = []
-    for track in self.tracks:
-      scores = track.class_scores()
-      out.append(dict(track_id=track.track_id, class_scores=scores, score=float(scores.max()),
-                      label=int(scores.argmax()),
-                      masks=[track.masks.get(t) for t in range(self.num_frames)],
-                      frame_scores=[track.scores.get(t) for t in range(self.num_frames)]))
-    return out
+    return [tracks_lib.Track(track_id=track.track_id, class_scores=track.class_scores(),
+                             segmentations=[track.masks.get(t) for t in range(self.num_frames)],
+                             frame_scores=[track.scores.get(t) for t in range(self.num_frames)])
+            for track in self.tracks]
 
   def _grid_weight(self) -> np.ndarray | None:
     """Official `getGridWeight(m[-2], m[-1], m[-3])`; m[-1] is the frame being finalised."""
@@ -328,7 +326,7 @@ class VisoloTracker:
     for i, row in enumerate(rows):
       if found[i] == -1:
         found[i] = len(self.tracks)
-        self.tracks.append(Track(len(self.tracks)))
+        self.tracks.append(_Instance(len(self.tracks)))
       elif self._pending.frame in self.tracks[found[i]].masks:
         raise RuntimeError(f'VISOLO tracker: instance {found[i]} already has a mask in frame {self._pending.frame} '
                            '(the official code exits here).')
@@ -339,5 +337,4 @@ class VisoloTracker:
     track = self.tracks[inst]
     track.masks[frame] = self.mask_encoder(dets.masks[i], frame)
     track.scores[frame] = float(dets.scores[i])
-    track.labels[frame] = int(dets.labels[i])
     track.class_probs[frame] = dets.class_probs[i]
