@@ -141,3 +141,13 @@ def test_predictor_tracks_and_records(visolo, tiny_model):
     predictor = visolo.make_predictor(tiny_model, meta)
     predictor.add_frames(frames[:2], np.full((2, 2), (32, 48), np.int32))
     predictor.finish()
+
+
+@pytest.mark.parametrize('name', ['visolo_ytvis19', 'visolo_coco_pseudo', 'visolo_tiny'])
+def test_configs_build_the_method(name):
+  import importlib  # pylint: disable=g-import-not-at-top
+  config = importlib.import_module(f'configs.{name}').get_config()
+  m = registry.get_method(config)
+  assert isinstance(m, method.VisoloMethod) and m.input_spec().sampler.clip_len == 3
+  assert config.model.num_classes == config.dataset.num_classes
+  assert all(s % config.model.size_divisibility == 0 for s in config.input.test_fixed_size)
