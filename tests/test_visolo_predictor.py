@@ -1,7 +1,6 @@
 """VISOLO streaming predictor end to end: a tiny converted model on a short random video against the official eval
 loop (torch reference network + NumPy port of the official association), same tracks, classes, scores and masks."""
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
