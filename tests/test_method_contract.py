@@ -28,6 +28,7 @@ class Case:
   batch: Callable[[ml_collections.ConfigDict], dict[str, np.ndarray]]
   frame_shape: tuple[int, int]  # padded (Hp, Wp) of the predictor's frames
   official_state_dict: Callable[[ml_collections.ConfigDict, nnx.Module], dict[str, Any]] | None = None
+  model: Callable[[registry.Method], nnx.Module] | None = None  # default: method.build_model(nnx.Rngs(0))
 
 
 def _idol_config():
@@ -75,9 +76,27 @@ def _toy_state_dict(config, model):
   return out
 
 
+def _visolo_config():
+  from tests import test_visolo_method  # pylint: disable=g-import-not-at-top
+  return test_visolo_method._tiny_config()  # pylint: disable=protected-access
+
+
+def _visolo_batch(config):
+  del config
+  from tests import test_visolo_method  # pylint: disable=g-import-not-at-top
+  return test_visolo_method._batch()  # pylint: disable=protected-access
+
+
+def _visolo_model(method):
+  """Random weights with class bias 0 (the prior bias leaves no detection on random frames)."""
+  from tests import test_visolo_method  # pylint: disable=g-import-not-at-top
+  return test_visolo_method._random_model(method)  # pylint: disable=protected-access
+
+
 CASES = {
     'idol': Case(_idol_config, _idol_batch, (64, 64)),
     'toy': Case(_toy_config, _toy_batch, (16, 16), _toy_state_dict),
+    'visolo': Case(_visolo_config, _visolo_batch, (32, 48), model=_visolo_model),
 }
 
 
@@ -86,7 +105,8 @@ def setup(request):
   case = CASES[request.param]
   config = case.config()
   method = registry.get_method(config)
-  return request.param, case, config, method, method.build_model(nnx.Rngs(0))
+  model = case.model(method) if case.model else method.build_model(nnx.Rngs(0))
+  return request.param, case, config, method, model
 
 
 def test_method_object_owns_the_config(setup):
