@@ -225,14 +225,10 @@ def test_swin_l_configs():
     assert swin_config.to_dict() == r50_config.to_dict(), name
 
 
-def test_official_size_swin_l_layout():
-  """Every key and shape of the official YTVIS19 Swin-L IDOL state (torch meta tensors, no memory) maps onto the
-  abstract model of `idol_ytvis19_swinl`, and every model variable is filled exactly once."""
-  from configs import idol_ytvis19_swinl  # pylint: disable=g-import-not-at-top
-  config = idol_ytvis19_swinl.get_config().model
-  with torch.device('meta'):
-    ref = idol_ref.IDOLRef(swin_ref.D2SwinTransformer(192, (2, 2, 18, 2), (6, 12, 24, 48), 12), (384, 768, 1536),
-                           num_classes=config.num_classes)
+def _official_layout(ref, config) -> tuple[dict[str, tuple[int, ...]], list[str]]:
+  """Maps every key and shape of `ref`'s state (torch meta tensors are enough) onto the abstract model of
+  `config`, checking that every model variable is filled exactly once. Returns the model's variable shapes and
+  the dropped keys."""
   model = _abstract_model(config)
   shapes = {convert.dotted(p): tuple(v.get_value().shape)
             for p, v in nnx.to_flat_state(nnx.state(model, nnx.Not(nnx.RngState)))}
@@ -251,7 +247,38 @@ def test_official_size_swin_l_layout():
       assert shapes[path] == out.shape, (key, path)
       filled.append(path)
   assert sorted(filled) == sorted(shapes)
+  return shapes, dropped
+
+
+def test_official_size_swin_l_layout():
+  """Every key and shape of the official YTVIS19 Swin-L IDOL state (torch meta tensors, no memory) maps onto the
+  abstract model of `idol_ytvis19_swinl`, and every model variable is filled exactly once."""
+  from configs import idol_ytvis19_swinl  # pylint: disable=g-import-not-at-top
+  config = idol_ytvis19_swinl.get_config().model
+  with torch.device('meta'):
+    ref = idol_ref.IDOLRef(swin_ref.D2SwinTransformer(192, (2, 2, 18, 2), (6, 12, 24, 48), 12), (384, 768, 1536),
+                           num_classes=config.num_classes)
+  shapes, dropped = _official_layout(ref, config)
   assert shapes['input_proj.levels.0.conv.kernel'] == (1, 1, 384, 256)
   assert shapes['backbone.norm0.scale'] == (192,)  # res2's output norm is in the checkpoint though unused
   assert len([k for k in dropped if k.endswith('relative_position_index')]) == 24
   assert len(dropped) == 24 + 6 * 3 * 2
+
+
+def test_official_size_r101_layout():
+  """The official YTVIS19 R101 IDOL (`ytvis19_r101.yaml`: the R50 config with RESNETS.DEPTH 101, i.e.
+  `--config.model.backbone_depth=101`): every key and shape of its state (detectron2 R101, 3/4/23/3 bottleneck
+  blocks; torch meta tensors) maps onto the abstract model, every variable filled once."""
+  from configs import idol_ytvis19  # pylint: disable=g-import-not-at-top
+  config = idol_ytvis19.get_config().model
+  config.backbone_depth = 101
+  with torch.device('meta'):
+    ref = idol_ref.IDOLRef(resnet_refs.D2ResNet(101, out_features=('res2', 'res3', 'res4', 'res5')),
+                           num_classes=config.num_classes)
+  keys = ref.state_dict()
+  assert 'detr.detr.backbone.0.backbone.res4.22.conv3.weight' in keys
+  assert 'detr.detr.backbone.0.backbone.res4.23.conv3.weight' not in keys
+  shapes, dropped = _official_layout(ref, config)
+  assert shapes['backbone.res4.22.conv3.kernel'] == (1, 1, 256, 1024)
+  assert shapes['input_proj.levels.2.conv.kernel'] == (1, 1, 2048, 256)
+  assert len(dropped) == 6 * 3 * 2  # the duplicate box heads
