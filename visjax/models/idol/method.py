@@ -1,8 +1,9 @@
 """IDOL method interface (docs/INTERFACES.md §3): build_model, loss_fn, predict_video, conversion_rules.
 
-* `loss_fn` flattens the `[B, 2, ...]` clips (key, reference) into `2B` frames, runs one forward pass and the
-  criterion (`criterion.idol_loss`); the loss settings (`config.loss`) travel with the model built by
-  `build_model` (attribute `loss_config`).
+* `loss_fn` flattens the `[B, 2, ...]` clips (key, reference) into `2B` frames, runs one forward pass up to the
+  controller outputs (`IDOL.forward_heads`) and the criterion (`criterion.idol_loss`), which computes the dynamic
+  mask head only for the key-frame queries its matcher selects (as the official criterion does); the loss
+  settings (`config.loss`) travel with the model built by `build_model` (attribute `loss_config`).
 * `predict_video` (or `VideoPredictor`, fed chunk by chunk for long videos) runs the detector in chunks of
   `config.tracker.batch_infer_len` frames (jitted, the last chunk zero-padded so one shape is compiled), then per
   frame on the host: query selection and box NMS,
@@ -48,8 +49,18 @@ def loss_fn(model: nnx.Module, batch: dict[str, Any], *, rng: jax.Array,
   frames = images.reshape((b * t,) + images.shape[2:])
   sizes = batch['image_size'].reshape(b * t, 2)
   dropout_rng, sample_rng = jax.random.split(rng)
-  outputs = model(frames, sizes, train=train, rng=dropout_rng)
-  return criterion.idol_loss(outputs, batch, rng=sample_rng, loss_config=getattr(model, 'loss_config', None))
+  outputs = model.forward_heads(frames, sizes, train=train, rng=dropout_rng, mask_frames=slice(0, None, 2))
+  key_feats = outputs['mask_feats']
+  stride = model.config.mask_out_stride
+  out_hw = (-(-images.shape[2] // stride), -(-images.shape[3] // stride))
+
+  def key_masks(layer: int, queries: jax.Array) -> jax.Array:
+    """Mask logits `[B, M, h, w]` of `queries [B, M]` of layer `layer` on the key frames."""
+    return model.mask_logits(key_feats, criterion.batched_take(outputs['mask_centres'][layer, 0::2], queries),
+                             criterion.batched_take(outputs['mask_params'][layer, 0::2], queries), out_hw)
+
+  return criterion.idol_loss(outputs, batch, rng=sample_rng, loss_config=getattr(model, 'loss_config', None),
+                             mask_fn=key_masks)
 
 
 # `(images [n, Hp, Wp, 3], sizes [n, 2]) -> (logits, boxes, embeds, mask logits)` of the last decoder layer.
