@@ -29,6 +29,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from visjax.models import registry  # pylint: disable=g-import-not-at-top,wrong-import-position
 from visjax.models.idol import criterion  # pylint: disable=g-import-not-at-top,wrong-import-position
+from visjax.models.idol import method as idol_method  # pylint: disable=g-import-not-at-top,wrong-import-position
 from visjax.train import mesh as mesh_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from visjax.train import trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
 
