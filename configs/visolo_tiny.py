@@ -6,6 +6,7 @@ Trains on CPU: `python -m visjax.main --config configs/visolo_tiny.py --workdir 
 
 import ml_collections
 
+from configs import common
 from configs import visolo_common
 
 
@@ -18,15 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
   m.outdim = 64
   m.grid_num = (6, 10)
 
-  root = '/tmp/visjax_synthetic'
-  c.dataset.name = 'synthetic'
-  c.dataset.prepare = 'synthetic'
-  c.dataset.root = root
-  c.dataset.train_json = f'{root}/train.json'
-  c.dataset.valid_json = f'{root}/valid.json'
-  c.dataset.tfrecords = f'{root}/tfrecords_train'
-  c.dataset.eval_tfrecords = f'{root}/tfrecords_valid'
-  c.dataset.synthetic = ml_collections.ConfigDict(dict(num_videos=40, seed=0, height=96, width=160))
+  common.use_synthetic(c, '/tmp/visjax_synthetic', num_videos=40, seed=0, height=96, width=160)
 
   c.input.batch_size = 4
   c.input.max_instances = 4
