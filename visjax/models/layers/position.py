@@ -68,3 +68,21 @@ def sine_position_embedding_unmasked(batch: int, height: int, width: int, num_po
   """
   mask = jnp.zeros((batch, height, width), bool)
   return sine_position_embedding(mask, num_pos_feats, temperature, normalize, scale, offset)
+
+
+def sine_position_embedding_index(height: int, width: int, num_pos_feats: int = 128, temperature: float = 10000.,
+                                  scale: float = 2 * math.pi) -> jax.Array:
+  """AOT / IAI `PositionEmbeddingSine` (lstt_block/position.py): 0-based indices divided by the last index
+  (`i / (h - 1 + 1e-6) * scale`), no mask, no offset; same channel layout as `sine_position_embedding`.
+
+  Returns:
+    float32 `[height, width, 2 * num_pos_feats]`.
+  """
+  y = np.arange(height, dtype=np.float32)
+  x = np.arange(width, dtype=np.float32)
+  y = y / (y[-1] + np.float32(1e-6)) * np.float32(scale)
+  x = x / (x[-1] + np.float32(1e-6)) * np.float32(scale)
+  y_embed = jnp.broadcast_to(jnp.asarray(y)[:, None], (height, width))
+  x_embed = jnp.broadcast_to(jnp.asarray(x)[None, :], (height, width))
+  return jnp.concatenate([_encode_axis(y_embed, num_pos_feats, temperature),
+                          _encode_axis(x_embed, num_pos_feats, temperature)], axis=-1)
