@@ -1,0 +1,1 @@
+"""Host-side (NumPy) post-processing shared by the methods' trackers."""
