@@ -13,48 +13,9 @@ from visjax.convert import rules_iai
 from visjax.models.heads import fcos, fcos_targets
 from visjax.models.necks.fpn import FPN
 
-INF = 1e8
+from iai_numpy_ports import official_fcos_targets
+
 STRIDES = (8, 16, 32, 64, 128)
-
-
-def _official_targets(points, strides_per_lvl, num_points_per_lvl, regress_ranges, gt_bboxes, gt_labels, gt_ids,
-                      gt_masks, num_classes, max_obj_num, radius=1.5):
-  """NumPy port of IAICondInstHead._get_targets_single (center_sampling=True)."""
-  num_points, num_gts = len(points), len(gt_labels)
-  areas = (gt_bboxes[:, 2] - gt_bboxes[:, 0]) * (gt_bboxes[:, 3] - gt_bboxes[:, 1])
-  areas = np.repeat(areas[None], num_points, 0)
-  rr = np.broadcast_to(regress_ranges[:, None, :], (num_points, num_gts, 2))
-  gb = np.broadcast_to(gt_bboxes[None], (num_points, num_gts, 4))
-  xs = np.broadcast_to(points[:, 0:1], (num_points, num_gts))
-  ys = np.broadcast_to(points[:, 1:2], (num_points, num_gts))
-  bbox_targets = np.stack((xs - gb[..., 0], ys - gb[..., 1], gb[..., 2] - xs, gb[..., 3] - ys), -1)
-  _, h, w = gt_masks.shape
-  m00 = np.maximum(gt_masks.sum((-1, -2)), 1e-6)
-  cx = (gt_masks * np.arange(w)).sum((-1, -2)) / m00
-  cy = (gt_masks * np.arange(h)[:, None]).sum((-1, -2)) / m00
-  cx, cy = np.broadcast_to(cx[None], (num_points, num_gts)), np.broadcast_to(cy[None], (num_points, num_gts))
-  stride = np.zeros((num_points, num_gts))
-  begin = 0
-  for lvl, n in enumerate(num_points_per_lvl):
-    stride[begin:begin + n] = strides_per_lvl[lvl] * radius
-    begin += n
-  cg = np.zeros_like(gb)
-  cg[..., 0] = np.where(cx - stride > gb[..., 0], cx - stride, gb[..., 0])
-  cg[..., 1] = np.where(cy - stride > gb[..., 1], cy - stride, gb[..., 1])
-  cg[..., 2] = np.where(cx + stride > gb[..., 2], gb[..., 2], cx + stride)
-  cg[..., 3] = np.where(cy + stride > gb[..., 3], gb[..., 3], cy + stride)
-  inside = np.stack((xs - cg[..., 0], ys - cg[..., 1], cg[..., 2] - xs, cg[..., 3] - ys), -1).min(-1) > 0
-  md = bbox_targets.max(-1)
-  in_range = (md >= rr[..., 0]) & (md <= rr[..., 1])
-  areas = areas.copy()
-  areas[~inside] = INF
-  areas[~in_range] = INF
-  min_area, inds = areas.min(1), areas.argmin(1)
-  labels = gt_labels[inds].copy()
-  labels[min_area == INF] = num_classes
-  ids = gt_ids[inds].copy()
-  ids[min_area == INF] = max_obj_num
-  return labels, ids, bbox_targets[np.arange(num_points), inds], inds
 
 
 def test_points_have_stride_half_offset():
@@ -81,7 +42,7 @@ def test_targets_match_official_port():
   boxes[2] = boxes[1]  # equal areas: the first index wins
   labels, ids = rng.integers(0, 40, n), rng.integers(0, 19, n)
   valid = np.array([True] * 5 + [False])
-  expected = _official_targets(points.astype(np.float64), STRIDES, [a * b for a, b in sizes], rr.astype(np.float64),
+  expected = official_fcos_targets(points.astype(np.float64), STRIDES, [a * b for a, b in sizes], rr.astype(np.float64),
                                boxes[:5].astype(np.float64), labels[:5], ids[:5], masks[:5].astype(np.float64),
                                40, 20)
   out = jax.jit(lambda *a: fcos_targets.fcos_targets(*a, num_classes=40, background_id=20))(

@@ -217,7 +217,7 @@ def test_matches_official_port_on_recorded_sequence():
     saw_drop |= len(frame.masks) < len(cand.inds)
     saw_match |= t > 0 and any(frame.id_mask[..., k].any() for k in range(frame.num_ids)) and not frame.new_instance
   assert adds == port.long_adds and True in adds[1:] and False in adds[1:]
-  assert saw_cap and saw_drop
+  assert saw_cap and saw_drop and saw_match
   expected, masks = port.finish()
   got = video.finish()
   assert [(r['label'], r['obj_id']) for r in got] == [(e[1], e[2]) for e in expected]
