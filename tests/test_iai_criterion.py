@@ -78,13 +78,17 @@ def test_clip_targets_bookkeeping():
                labels=np.array([[2, 4, -1]]), present=masks.any((-2, -1)), masks=masks,
                boxes=np.tile(np.array([0.5, 0.5, 0.2, 0.2], np.float32), (1, t, n, 1)),
                image_size=np.full((1, t, 2), 32, np.int32))
+  # a 32 x 64 canvas; frame 2's content is 20 wide, so columns >= 32 of its id map hold id 0 (quirk)
+  batch['masks'] = np.pad(masks, [(0, 0)] * 3 + [(0, 0), (0, 32)])
+  batch['image_size'] = np.array([[[32, 64], [32, 64], [32, 20]]], np.int32)
   gt = criterion.clip_targets(criterion.sort_instances({k: jnp.asarray(v) for k, v in batch.items()}), O)
   np.testing.assert_array_equal(gt['labels'][0, 0], [4, 2, 0])  # sorted by track id: 3, 7, padding
   np.testing.assert_array_equal(gt['ids'][0, :, :2], [[O - 1, O - 1], [O - 1, 1], [0, 1]])
   np.testing.assert_array_equal(gt['visible'][0, :, :2], [[False, True], [True, True], [True, True]])
   ids = np.asarray(gt['id_masks'][0]).argmax(-1)
   assert ids[0, 10, 10] == 1 and ids[1, 10, 10] == 0 and ids[1, 5, 5] == 1 and ids[1, 30, 30] == O
-  np.testing.assert_allclose(gt['boxes'][0, 0, 0], [12.8, 12.8, 19.2, 19.2], rtol=1e-6)
+  assert ids.shape == (t, 32, 64) and (ids[:2, :, 32:] == O).all() and (ids[2, :, 32:] == 0).all()
+  np.testing.assert_allclose(gt['boxes'][0, 0, 0], [25.6, 12.8, 38.4, 19.2], rtol=1e-6)
 
 
 def test_loss_and_gradients_through_the_model():

@@ -171,3 +171,15 @@ def test_local_attention_matches_dense_masked_attention():
   expected = expected @ np.asarray(fc.kernel.get_value(), np.float64) + np.asarray(fc.bias.get_value())
   got = layer(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v))
   assert rel_err(got, expected) <= 1e-5
+
+
+def test_memory_keeps_first_frame_and_overwrites_oldest_when_full():
+  frame = lambda v: jnp.full((1, 1, 2, 4), float(v))  # [L, B, HW, C]
+  memory = lstt_lib.init_memory(frame(0), frame(0), capacity=3)
+  for v, add in ((1, True), (2, False), (3, True), (4, True), (5, True)):
+    memory = lstt_lib.write_memory(memory, frame(v), frame(-v), add)
+  # slots: frame 0 kept; 1 and 3 filled slots 1, 2; then 4 overwrote 1 (oldest), 5 overwrote 3
+  np.testing.assert_array_equal(memory.long_k[0, 0, :, 0, 0], [0., 4., 5.])
+  np.testing.assert_array_equal(memory.long_v[0, 0, :, 0, 0], [0., -4., -5.])
+  assert memory.long_valid.all() and int(memory.written) == 5
+  np.testing.assert_array_equal(memory.short_k[0, 0, 0], [5.] * 4)

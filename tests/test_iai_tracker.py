@@ -227,6 +227,10 @@ def test_matches_official_port_on_recorded_sequence():
       assert (seg is None) == (exp is None) and (seg is None or np.array_equal(seg, exp))
 
 
+def test_tracker_config_from_model_config():
+  assert tracker.TrackerConfig.from_config(iai_model.default_model_config()) == tracker.TrackerConfig()
+
+
 def test_mmcv_nms_suppresses_at_threshold():
   boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 5], [20, 20, 30, 30], [0, 0, 10, 3.3]], np.float32)
   keep = nms_lib.batched_nms(boxes, np.array([0.9, 0.8, 0.7, 0.95]), np.ones(4), 0.5)

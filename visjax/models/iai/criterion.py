@@ -4,7 +4,8 @@
 Per clip (batch format `docs/INTERFACES.md` §1, T frames, 5 officially):
   * instances are ordered by track id and renumbered 0..n-1 per clip (the dataset's per-clip `np.unique` remap),
     so a slot index is the instance's id; ids index the one-hot id masks (background channel `max_obj`) that are
-    teacher-forced into the LSTT (`gt_id_masks`: per pixel the smallest-area instance covering it);
+    teacher-forced into the LSTT (`gt_id_masks`: per pixel the smallest-area instance covering it; outside a
+    frame's own /32-padded size the official batch padding writes id 0, kept here);
   * identity targets: an instance's first appearance in the clip is labelled "new" (`max_obj - 1`), later ones by
     its id (official `process_id`, which relabels by set iteration order; that is ascending id order for ids < 8);
   * per frame, FCOS targets (`visjax.models.heads.fcos_targets`, centre sampling radius 1.5 around the mask's centre
@@ -152,8 +153,15 @@ def clip_targets(batch: dict[str, jax.Array], max_obj_num: int, size_divisibilit
   ids = jnp.where(seen_before, slot, max_obj_num - 1)
   masks = padded_masks(batch['masks'], size_divisibility)
   labels = jnp.broadcast_to(batch['labels'][:, None], visible.shape)
+  id_masks = gt_id_masks(masks, visible, max_obj_num)
+  # Official quirk (`pad_mask` fills with 0): beyond a frame's own padded size (its content rounded up to
+  # `size_divisibility`) the batch-padded id map holds id 0, not background.
+  hp, wp = masks.shape[-2:]
+  own = -(-batch['image_size'] // size_divisibility) * size_divisibility
+  outside = preprocess.pad_mask(own.reshape(-1, 2), hp, wp).reshape(own.shape[:2] + (hp, wp))
+  id_masks = jnp.where(outside[..., None], jax.nn.one_hot(0, max_obj_num + 1, dtype=jnp.float32), id_masks)
   return dict(boxes=_boxes_xyxy(batch['boxes'], batch['image_size']), labels=jnp.maximum(labels, 0), ids=ids,
-              visible=visible, masks=masks, id_masks=gt_id_masks(masks, visible, max_obj_num))
+              visible=visible, masks=masks, id_masks=id_masks)
 
 
 def iai_loss(model, batch: dict[str, jax.Array], rng: jax.Array, *, weights: dict[str, float], train: bool = True,

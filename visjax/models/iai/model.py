@@ -121,20 +121,19 @@ class IAI(nnx.Module):
 
   # ------------------------------------------------------------------------------------------------ pieces
 
-  def features(self, images: jax.Array, image_size: jax.Array | None = None) -> dict[str, jax.Array]:
+  def features(self, images: jax.Array, image_size: jax.Array) -> dict[str, jax.Array]:
     """Backbone and projectors of a batch of frames.
 
     Args:
-      images: uint8/float `[N, H, W, 3]` RGB 0-255 (normalised here, padding zeroed, padded to /32), or float
-        `[N, Hp, Wp, 3]` already normalised when `image_size` is None.
-      image_size: int `[N, 2]` unpadded `(h, w)`; None for normalised input.
+      images: uint8/float `[N, H, W, 3]` RGB 0-255 (normalised here, padding zeroed, padded to /32, as mmdet's
+        Normalize then Pad).
+      image_size: int `[N, 2]` unpadded `(h, w)`.
 
     Returns:
       dict: `c2, c3, c4` backbone maps, `x` `[N, h, w, d]` (encoder_projector), `proj` (backbone_projector).
     """
-    if image_size is not None:
-      images, _ = preprocess.normalize_images(images, image_size, pixel_mean=self.pixel_mean,
-                                              pixel_std=self.pixel_std, size_divisibility=self.size_divisibility)
+    images, _ = preprocess.normalize_images(images, image_size, pixel_mean=self.pixel_mean,
+                                            pixel_std=self.pixel_std, size_divisibility=self.size_divisibility)
     f = self.backbone(images)
     return dict(c2=f['res2'], c3=f['res3'], c4=f['res4'], x=self.encoder_projector(f['res5']),
                 proj=self.backbone_projector(f['res5']))
