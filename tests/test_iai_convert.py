@@ -2,7 +2,6 @@
 maps key-for-key and shape-for-shape onto the abstract model; an mmcv `{"meta", "state_dict"}` file round-trips;
 a plain CondInst checkpoint loads with the identity/LSTT parts left at init and reported; strict failures."""
 
-import jax
 import numpy as np
 import pytest
 from flax import nnx

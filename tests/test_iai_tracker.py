@@ -256,8 +256,9 @@ def test_run_video_end_to_end_tiny_model():
   model = iai_model.IAI(num_classes=C, max_obj_num=O, backbone_depth=18, fpn_channels=32, stacked_convs=1,
                         mask_channels=16, lstt_dim=64, dim_feedforward=64, max_dis=2, rngs=nnx.Rngs(0))
   frames = np.random.default_rng(0).integers(0, 256, size=(3, HP, WP, 3), dtype=np.uint8)
-  cfg = tracker.TrackerConfig(max_obj_num=O, cls_score_thr=0.001, id_score_thr=0.001, video_score_thr=0.)
-  records = tracker.run_video(model, frames, (60, 90), (120, 180), cfg, encode=lambda m: int(m.sum()), capacity=3)
+  cfg = tracker.TrackerConfig(max_obj_num=O, cls_score_thr=0.001, id_score_thr=0.001, video_score_thr=0.,
+                              memory_capacity=3)
+  records = tracker.run_video(model, frames, (60, 90), (120, 180), cfg, encode=lambda m: int(m.sum()))
   assert records and all(len(r['segmentations']) == 3 for r in records)
   # an id's masks are None before it is allocated, then present (possibly empty) in every later frame
   for r in records:

@@ -57,7 +57,7 @@ def default_model_config() -> ml_collections.ConfigDict:
   m.droppath = 0.1
   m.max_dis = 7
   m.global_mem_interval = 3
-  m.memory_capacity = 16  # long-term slots (the official memory is unbounded; see lstt.write_memory)
+  m.memory_capacity = 64  # long-term slots at inference (the official memory is unbounded; lstt.write_memory)
   m.pixel_mean = PIXEL_MEAN
   m.pixel_std = PIXEL_STD
   m.size_divisibility = 32

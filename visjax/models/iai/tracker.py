@@ -50,12 +50,14 @@ class TrackerConfig:
   mask_keep_ratio: float = 0.1
   video_score_thr: float = 0.05
   global_mem_interval: int = 3
+  memory_capacity: int = 64  # long-term slots; exact while a video adds fewer frames (`lstt.write_memory`)
 
   @classmethod
   def from_config(cls, model_config) -> 'TrackerConfig':
-    """From `config.model` (`max_obj_num`, `global_mem_interval` and the `tracker` section)."""
+    """From `config.model` (`max_obj_num`, `global_mem_interval`, `memory_capacity`, the `tracker` section)."""
     t = model_config.tracker
     return cls(max_obj_num=model_config.max_obj_num, global_mem_interval=model_config.global_mem_interval,
+               memory_capacity=model_config.memory_capacity,
                **{f.name: t[f.name] for f in dataclasses.fields(cls) if f.name in t})
 
 
@@ -270,14 +272,14 @@ class VideoResults:
 
 
 def run_video(model, frames: np.ndarray, image_size: tuple[int, int], ori_size: tuple[int, int], cfg: TrackerConfig,
-              *, encode: Callable[[np.ndarray], Any], capacity: int = 16) -> list[dict[str, Any]]:
+              *, encode: Callable[[np.ndarray], Any]) -> list[dict[str, Any]]:
   """IAI inference on one video (official `simple_test`), frame by frame.
 
   Args:
     model: a `visjax.models.iai.model.IAI`.
     frames: uint8 `[T, Hp, Wp, 3]` resized (unpadded content `image_size`) and padded to a multiple of 32.
     image_size, ori_size: `(h, w)` after the test resize and of the original video.
-    capacity: long-term memory slots (`lstt.write_memory`).
+    encode: per-frame mask encoder (e.g. `visjax.evaluation.results.encode_mask`).
 
   Returns:
     `VideoResults.finish()` records.
@@ -295,7 +297,7 @@ def run_video(model, frames: np.ndarray, image_size: tuple[int, int], ori_size: 
   size = jnp.asarray([image_size], jnp.int32)
   features = nnx.jit(lambda m, x: m.features(x, size))
   reference = nnx.jit(lambda m, f, ids: m.reference_frame(f, ids)[0])
-  reset = nnx.jit(lambda m, f, ids: m.memory_from_reference(f, ids, capacity))
+  reset = nnx.jit(lambda m, f, ids: m.memory_from_reference(f, ids, cfg.memory_capacity))
   propagate = nnx.jit(lambda m, f, mem: m.propagate(f, mem))
   update = nnx.jit(lambda m, mem, l, ids, add: m.memory_update(mem, l, ids, add))
   instance_masks = nnx.jit(lambda m, feat, p, s, k: m.instance_masks(feat, p, s, k))
