@@ -1,1 +1,2 @@
-"""Host-side (NumPy) post-processing shared by the methods' trackers."""
+"""Host-side inference shared by every method: tracks and their CodaLab records (`tracks`), mask / box
+post-processing (`postprocess`), mmcv box NMS (`nms`), and the streaming predictor interface (`predictor`)."""
