@@ -1,21 +1,24 @@
 """IAI host-side inference against a NumPy port of the official `get_results` / `_get_results_single` /
 `multiclass_nms` / `simple_test` logic on a recorded sequence of head outputs (identical ids, masks, class tables,
-memory decisions and video output), mmcv NMS, mask upsampling against torch, and an end-to-end run of a tiny model.
+memory decisions and video records), mmcv NMS, and mask upsampling against torch. The predictor on a real model is
+tested in test_iai_method.
 """
 
 import numpy as np
 import pytest
-from flax import nnx
 from scipy.optimize import linear_sum_assignment
 
 from visjax.inference import nms as nms_lib
+from visjax.inference import tracks as tracks_lib
 from visjax.models.iai import model as iai_model
 from visjax.models.iai import tracker
 
 O, C = 6, 5  # max_obj 6: the id cap (4) is reached in the recorded sequence
 HP, WP = 64, 96
 META = tracker.FrameMeta(img_shape=(60, 90), pad_shape=(HP, WP), ori_shape=(120, 180), scale_factor=(0.5, 0.5))
-CFG = tracker.TrackerConfig(max_obj_num=O, nms_pre=20, max_per_img=6)
+CFG = tracker.TrackerSettings(nms_pre=20, cls_score_thr=0.1, id_score_thr=0.1, nms_iou_thr=0.5, max_per_img=6,
+                              mask_keep_ratio=0.1, video_score_thr=0.05, memory_capacity=8)
+NUM_FRAMES = 7
 
 
 def _points():
@@ -23,7 +26,7 @@ def _points():
   return points, strides, np.bincount(level)
 
 
-def _sequence(num_frames=7, seed=0):
+def _sequence(num_frames=NUM_FRAMES, seed=0):
   """Random head outputs with ~10 plausible detections per frame (objects drifting, appearing, overlapping)."""
   rng = np.random.default_rng(seed)
   points, strides, _ = _points()
@@ -197,8 +200,8 @@ class OfficialPort:
 def test_matches_official_port_on_recorded_sequence():
   points, _, sizes = _points()
   port = OfficialPort()
-  assigner, schedule = tracker.IdentityAssigner(CFG), tracker.MemorySchedule(CFG.global_mem_interval)
-  video = tracker.VideoResults(CFG, encode=lambda m: m.copy())
+  assigner, schedule = tracker.IdentityAssigner(CFG, O), tracker.MemorySchedule(3)
+  video = tracks_lib.VideoTracks(NUM_FRAMES)
   adds, saw_cap, saw_drop, saw_match = [None], False, False, False
   for t, out in enumerate(_sequence()):
     expected_ids, expected_inds = port.frame(out, t == 0)
@@ -212,23 +215,21 @@ def test_matches_official_port_on_recorded_sequence():
     if t:
       schedule.next_frame()
       adds.append(schedule.add_long(frame.new_instance))
-    video.add(frame, META.ori_shape)
+    tracker.add_frame(video, t, frame, META.ori_shape, encode=lambda m: m.copy())
     saw_cap |= frame.num_ids == O - 2
     saw_drop |= len(frame.masks) < len(cand.inds)
     saw_match |= t > 0 and any(frame.id_mask[..., k].any() for k in range(frame.num_ids)) and not frame.new_instance
   assert adds == port.long_adds and True in adds[1:] and False in adds[1:]
   assert saw_cap and saw_drop and saw_match
   expected, masks = port.finish()
-  got = video.finish()
-  assert [(r['label'], r['obj_id']) for r in got] == [(e[1], e[2]) for e in expected]
-  np.testing.assert_allclose([r['score'] for r in got], [e[0] for e in expected], rtol=1e-6)
-  for r in got:
-    for seg, exp in zip(r['segmentations'], masks[r['obj_id']]):
+  records = tracks_lib.tracks_to_records(
+      video.tracks(class_scores=lambda total, count: total / NUM_FRAMES), video_id=0,
+      rule=tracks_lib.RecordRule('topk', threshold=CFG.video_score_thr, k=CFG.max_per_img), category_ids=np.arange(C))
+  assert len(records) == len(expected) > 2
+  for r, (score, label, obj) in zip(records, expected):
+    assert r['category_id'] == label and r['score'] == pytest.approx(score, rel=1e-6)
+    for seg, exp in zip(r['segmentations'], masks[obj]):
       assert (seg is None) == (exp is None) and (seg is None or np.array_equal(seg, exp))
-
-
-def test_tracker_config_from_model_config():
-  assert tracker.TrackerConfig.from_config(iai_model.default_model_config()) == tracker.TrackerConfig()
 
 
 def test_mmcv_nms_suppresses_at_threshold():
@@ -250,17 +251,3 @@ def test_upsample_masks_match_torch():
   near = lambda x: np.abs(x - 0.5) < 1e-5  # threshold ties from float rounding are allowed to differ
   assert np.array_equal(pad[~near(full)], (full > 0.5)[~near(full)])
   assert np.array_equal(ori[~near(expected_ori)], (expected_ori > 0.5)[~near(expected_ori)])
-
-
-def test_run_video_end_to_end_tiny_model():
-  model = iai_model.IAI(num_classes=C, max_obj_num=O, backbone_depth=18, fpn_channels=32, stacked_convs=1,
-                        mask_channels=16, lstt_dim=64, dim_feedforward=64, max_dis=2, rngs=nnx.Rngs(0))
-  frames = np.random.default_rng(0).integers(0, 256, size=(3, HP, WP, 3), dtype=np.uint8)
-  cfg = tracker.TrackerConfig(max_obj_num=O, cls_score_thr=0.001, id_score_thr=0.001, video_score_thr=0.,
-                              memory_capacity=3)
-  records = tracker.run_video(model, frames, (60, 90), (120, 180), cfg, encode=lambda m: int(m.sum()))
-  assert records and all(len(r['segmentations']) == 3 for r in records)
-  # an id's masks are None before it is allocated, then present (possibly empty) in every later frame
-  for r in records:
-    present = [s is not None for s in r['segmentations']]
-    assert present[-1] and present == sorted(present)

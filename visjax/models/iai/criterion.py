@@ -22,7 +22,7 @@ Static-shape deviation: the mask loss uses at most `max_mask_points` positives p
 when there are more (the official code uses all; the expectation is the same).
 """
 
-from typing import Any
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -164,11 +164,25 @@ def clip_targets(batch: dict[str, jax.Array], max_obj_num: int, size_divisibilit
               visible=visible, masks=masks, id_masks=id_masks)
 
 
-def iai_loss(model, batch: dict[str, jax.Array], rng: jax.Array, *, weights: dict[str, float], train: bool = True,
-             focal_alpha: float = 0.25, focal_gamma: float = 2., center_sample_radius: float = 1.5,
-             max_mask_points: int = 64) -> tuple[jax.Array, dict[str, jax.Array]]:
+@dataclasses.dataclass(frozen=True)
+class LossSettings:
+  """`config.loss` (defaults in `visjax.models.iai.model.default_loss_config`)."""
+
+  cls_weight: float
+  id_weight: float
+  bbox_weight: float
+  centerness_weight: float
+  mask_weight: float
+  focal_alpha: float
+  focal_gamma: float
+  center_sample_radius: float
+  max_mask_points: int  # positives per image in the mask loss (static shape; official: all)
+
+
+def iai_loss(model, batch: dict[str, jax.Array], rng: jax.Array, settings: LossSettings, *, train: bool = True
+             ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Total weighted loss and each weighted term (`loss_cls`, `loss_id`, `loss_bbox`, `loss_centerness`,
-  `loss_mask`) of a batch of clips; `weights` maps those names to their weights. Jittable."""
+  `loss_mask`) of a batch of clips `[B, T, ...]` (docs/INTERFACES.md §1). Jittable."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from visjax.models.iai.model import fcos_point_table  # pylint: disable=g-import-not-at-top
   batch = sort_instances(batch)
@@ -184,13 +198,11 @@ def iai_loss(model, batch: dict[str, jax.Array], rng: jax.Array, *, weights: dic
     frame_out = {k: v[i] for k, v in out.items()}
     frame_gt = {k: gt[k][:, i] for k in ('boxes', 'labels', 'ids', 'visible', 'masks')}
     per_frame.append(frame_losses(frame_out, frame_gt, points, strides, ranges, key, num_classes=model.num_classes,
-                                  max_obj_num=model.max_obj_num, focal_alpha=focal_alpha, focal_gamma=focal_gamma,
-                                  center_sample_radius=center_sample_radius, max_mask_points=max_mask_points))
+                                  max_obj_num=model.max_obj_num, focal_alpha=settings.focal_alpha,
+                                  focal_gamma=settings.focal_gamma,
+                                  center_sample_radius=settings.center_sample_radius,
+                                  max_mask_points=settings.max_mask_points))
+  weights = dict(loss_cls=settings.cls_weight, loss_id=settings.id_weight, loss_bbox=settings.bbox_weight,
+                 loss_centerness=settings.centerness_weight, loss_mask=settings.mask_weight)
   terms = {k: weights[k] * sum(f[k] for f in per_frame) / t for k in per_frame[0]}
   return sum(terms.values()), terms
-
-
-def loss_weights(loss_config: Any) -> dict[str, float]:
-  """`config.model.loss` -> the `weights` of `iai_loss`."""
-  return dict(loss_cls=loss_config.cls_weight, loss_id=loss_config.id_weight, loss_bbox=loss_config.bbox_weight,
-              loss_centerness=loss_config.centerness_weight, loss_mask=loss_config.mask_weight)

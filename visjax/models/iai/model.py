@@ -36,10 +36,9 @@ PIXEL_STD = (58.393, 57.12, 57.375)
 
 
 def default_model_config() -> ml_collections.ConfigDict:
-  """The official YTVIS19 R-50 IAI settings (`configs/iai/ytvis2019_iai_condinst_r50.py`) as `config.model`,
-  plus `loss` and `tracker` sections."""
+  """The official YTVIS19 R-50 IAI model (`configs/iai/ytvis2019_iai_condinst_r50.py`) as `config.model`."""
   m = ml_collections.ConfigDict()
-  m.backbone = 'resnet_tv'
+  m.backbone = 'resnet_tv'  # mmdet ResNet, style 'pytorch', BN in eval mode
   m.backbone_depth = 50
   m.freeze_at = 2  # mmdet frozen_stages=1
   m.backbone_width = 64
@@ -55,24 +54,26 @@ def default_model_config() -> ml_collections.ConfigDict:
   m.attn_heads = 2
   m.dim_feedforward = 1024
   m.droppath = 0.1
-  m.max_dis = 7
+  m.max_dis = 7  # 15 x 15 short-term window
   m.global_mem_interval = 3
-  m.memory_capacity = 64  # long-term slots at inference (the official memory is unbounded; lstt.write_memory)
   m.pixel_mean = PIXEL_MEAN
   m.pixel_std = PIXEL_STD
   m.size_divisibility = 32
-  m.loss = ml_collections.ConfigDict(dict(
-      focal_alpha=0.25, focal_gamma=2., cls_weight=1., id_weight=1., bbox_weight=1., centerness_weight=1.,
-      mask_weight=1., center_sample_radius=1.5))
-  m.tracker = ml_collections.ConfigDict(dict(
-      nms_pre=200,  # R101: 1000
-      cls_score_thr=0.1,  # R101: 0.05
-      id_score_thr=0.1,
-      nms_iou_thr=0.5,
-      max_per_img=10,  # OVIS: 50
-      mask_keep_ratio=0.1,
-      video_score_thr=0.05))
   return m
+
+
+def default_loss_config() -> ml_collections.ConfigDict:
+  """`config.loss` (`visjax.models.iai.criterion.LossSettings`): the official head losses, all weight 1."""
+  return ml_collections.ConfigDict(dict(
+      cls_weight=1., id_weight=1., bbox_weight=1., centerness_weight=1., mask_weight=1., focal_alpha=0.25,
+      focal_gamma=2., center_sample_radius=1.5, max_mask_points=128))
+
+
+def default_tracker_config() -> ml_collections.ConfigDict:
+  """`config.tracker` (`visjax.models.iai.tracker.TrackerSettings`): the official R-50 `test_cfg`."""
+  return ml_collections.ConfigDict(dict(
+      nms_pre=200, cls_score_thr=0.1, id_score_thr=0.1, nms_iou_thr=0.5, max_per_img=10, mask_keep_ratio=0.1,
+      video_score_thr=0.05, memory_capacity=64))
 
 
 class IAI(nnx.Module):

@@ -2,7 +2,7 @@
 
 Official: zfonemore/IAI `IAICondInstHead.{get_results, _get_results_single}`, `dense_heads/utils.multiclass_nms`
 and `IAICondInst.simple_test`. NumPy (+ scipy's Hungarian) on one frame's head outputs at a time; the model runs
-the network parts (`visjax.models.iai.model.IAI`), `run_video` strings them together.
+the network parts (`visjax.models.iai.model.IAI`), `visjax.models.iai.method.IAIPredictor` strings them together.
 
 Per frame t:
   1. `select_candidates`: per level the top `nms_pre` points by max_c(cls) x centerness; boxes decoded and clipped
@@ -22,9 +22,10 @@ Per frame t:
   4. memory: frame 0 re-runs the reference frame with its ids (`reset_memory`); later frames write their ids into
      the short-term memory and into the long-term one when `step - last >= global_mem_interval` (frame steps
      counted as the official `frame_step`) or a new instance appeared.
-  5. `VideoResults`: class tables averaged over all frames (absent ids count 0), top `max_per_img` (id, class)
-     pairs with score > `video_score_thr`; masks of ids < the number allocated so far are output per frame (empty
-     when absent), later ones None.
+  5. `add_frame`: every allocated id gets the frame's class-score row (zero when absent) and mask (empty when absent;
+     None for the capped id, whose masks the official code never outputs) in a `visjax.inference.tracks.VideoTracks`;
+     the video score of (id, class) is the row mean over all frames; records are the top `max_per_img` pairs with
+     score > `video_score_thr` (`RecordRule('topk')`), category = class index (the official `label + 1` for YTVIS).
 """
 
 import dataclasses
@@ -33,32 +34,23 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from visjax.inference import tracks as tracks_lib
 from visjax.inference.nms import batched_nms
 from visjax.models.layers import resize
 
 
 @dataclasses.dataclass(frozen=True)
-class TrackerConfig:
-  """Inference settings (official `test_cfg` of the R-50 YTVIS19 config and the LSTT block)."""
+class TrackerSettings:
+  """`config.tracker` (official `test_cfg`; defaults in `visjax.models.iai.model.default_tracker_config`)."""
 
-  max_obj_num: int = 20
-  nms_pre: int = 200
-  cls_score_thr: float = 0.1
-  id_score_thr: float = 0.1
-  nms_iou_thr: float = 0.5
-  max_per_img: int = 10
-  mask_keep_ratio: float = 0.1
-  video_score_thr: float = 0.05
-  global_mem_interval: int = 3
-  memory_capacity: int = 64  # long-term slots; exact while a video adds fewer frames (`lstt.write_memory`)
-
-  @classmethod
-  def from_config(cls, model_config) -> 'TrackerConfig':
-    """From `config.model` (`max_obj_num`, `global_mem_interval`, `memory_capacity`, the `tracker` section)."""
-    t = model_config.tracker
-    return cls(max_obj_num=model_config.max_obj_num, global_mem_interval=model_config.global_mem_interval,
-               memory_capacity=model_config.memory_capacity,
-               **{f.name: t[f.name] for f in dataclasses.fields(cls) if f.name in t})
+  nms_pre: int  # candidates per level by cls x centerness (R101: 1000)
+  cls_score_thr: float  # R101: 0.05
+  id_score_thr: float
+  nms_iou_thr: float
+  max_per_img: int  # detections per frame and (id, class) records per video (OVIS: 50)
+  mask_keep_ratio: float  # drop a detection keeping less than this share of its mask
+  video_score_thr: float
+  memory_capacity: int  # long-term memory slots (exact while a video adds fewer frames, `lstt.write_memory`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +82,7 @@ class Candidates:
 
 
 def select_candidates(outputs: dict[str, np.ndarray], points: np.ndarray, level_sizes: Sequence[int],
-                      meta: FrameMeta, is_first: bool, cfg: TrackerConfig) -> Candidates:
+                      meta: FrameMeta, is_first: bool, cfg: TrackerSettings) -> Candidates:
   """Step 1 of the module docstring on one frame's head outputs.
 
   Args:
@@ -157,19 +149,20 @@ class FrameResult:
 class IdentityAssigner:
   """Step 3 (module docstring), with the video's id counter."""
 
-  def __init__(self, cfg: TrackerConfig):
+  def __init__(self, cfg: TrackerSettings, max_obj_num: int):
     self.cfg = cfg
+    self.max_obj_num = max_obj_num
     self.next_id = 0
 
   def _new_id(self) -> int:
     new = self.next_id
-    self.next_id = min(self.next_id + 1, self.cfg.max_obj_num - 2)
+    self.next_id = min(self.next_id + 1, self.max_obj_num - 2)
     return new
 
   def __call__(self, cand: Candidates, pad_masks: np.ndarray, ori_masks: np.ndarray, meta: FrameMeta,
                is_first: bool) -> FrameResult:
     """`pad_masks` bool `[K, Hp, Wp]`, `ori_masks` bool `[K, oh, ow]` of the candidates (`upsample_masks`)."""
-    o = self.cfg.max_obj_num
+    o = self.max_obj_num
     if is_first:
       self.next_id = 0
     free = np.ones(meta.pad_shape, bool)
@@ -233,99 +226,18 @@ class MemorySchedule:
     return add
 
 
-class VideoResults:
-  """Step 5, streaming: per-frame class tables are summed, per-id masks RLE-encoded as they come (`encode`, e.g.
-  `visjax.evaluation.results.encode_mask`), so memory is constant per id and frame."""
-
-  def __init__(self, cfg: TrackerConfig, encode: Callable[[np.ndarray], Any]):
-    self.cfg = cfg
-    self.encode = encode
-    self.cls_sum = None
-    self.num_frames = 0
-    self.segmentations = [[] for _ in range(cfg.max_obj_num)]
-
-  def add(self, frame: FrameResult, ori_shape: tuple[int, int]) -> None:
-    self.cls_sum = frame.cls_table.astype(np.float64) if self.cls_sum is None else self.cls_sum + frame.cls_table
-    self.num_frames += 1
-    empty = None
-    for obj in range(self.cfg.max_obj_num):
-      if obj < frame.num_ids:
-        if obj not in frame.masks and empty is None:
-          empty = self.encode(np.zeros(ori_shape, bool))
-        self.segmentations[obj].append(self.encode(frame.masks[obj]) if obj in frame.masks else empty)
+def add_frame(tracks: tracks_lib.VideoTracks, frame_index: int, frame: FrameResult, ori_shape: tuple[int, int],
+              encode: Callable[[np.ndarray], Any]) -> None:
+  """Step 5: adds one frame's ids to `tracks` (class rows without the padding column; masks encoded now)."""
+  empty = None
+  for obj in range(frame.cls_table.shape[0]):
+    row = frame.cls_table[obj, :-1]
+    if obj < frame.num_ids:
+      if obj in frame.masks:
+        rle = encode(frame.masks[obj])
       else:
-        self.segmentations[obj].append(None)
-
-  def finish(self) -> list[dict[str, Any]]:
-    """Top `max_per_img` (id, class) pairs by the video-mean score, score > `video_score_thr`: dicts with `score`,
-    `label` (0-based class), `obj_id`, `class_scores` (the id's mean row without the padding column) and
-    `segmentations` (one entry per frame)."""
-    if self.cls_sum is None:
-      return []
-    mean = (self.cls_sum / self.num_frames).astype(np.float32)
-    flat = mean.reshape(-1)
-    order = np.argsort(-flat, kind='stable')[:self.cfg.max_per_img]
-    width = mean.shape[1]
-    return [dict(score=float(flat[i]), label=int(i % width), obj_id=int(i // width),
-                 class_scores=mean[i // width, :-1], segmentations=self.segmentations[i // width])
-            for i in order if flat[i] > self.cfg.video_score_thr]
-
-
-def run_video(model, frames: np.ndarray, image_size: tuple[int, int], ori_size: tuple[int, int], cfg: TrackerConfig,
-              *, encode: Callable[[np.ndarray], Any]) -> list[dict[str, Any]]:
-  """IAI inference on one video (official `simple_test`), frame by frame.
-
-  Args:
-    model: a `visjax.models.iai.model.IAI`.
-    frames: uint8 `[T, Hp, Wp, 3]` resized (unpadded content `image_size`) and padded to a multiple of 32.
-    image_size, ori_size: `(h, w)` after the test resize and of the original video.
-    encode: per-frame mask encoder (e.g. `visjax.evaluation.results.encode_mask`).
-
-  Returns:
-    `VideoResults.finish()` records.
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  from visjax.models.iai.model import fcos_point_table  # pylint: disable=g-import-not-at-top
-
-  t, hp, wp, _ = frames.shape
-  meta = FrameMeta(img_shape=tuple(image_size), pad_shape=(hp, wp), ori_shape=tuple(ori_size),
-                   scale_factor=(np.float32(image_size[1] / ori_size[1]), np.float32(image_size[0] / ori_size[0])))
-  points, strides, level = fcos_point_table(hp, wp)
-  level_sizes = np.bincount(level)
-  size = jnp.asarray([image_size], jnp.int32)
-  features = nnx.jit(lambda m, x: m.features(x, size))
-  reference = nnx.jit(lambda m, f, ids: m.reference_frame(f, ids)[0])
-  reset = nnx.jit(lambda m, f, ids: m.memory_from_reference(f, ids, cfg.memory_capacity))
-  propagate = nnx.jit(lambda m, f, mem: m.propagate(f, mem))
-  update = nnx.jit(lambda m, mem, l, ids, add: m.memory_update(mem, l, ids, add))
-  instance_masks = nnx.jit(lambda m, feat, p, s, k: m.instance_masks(feat, p, s, k))
-
-  assigner, schedule = IdentityAssigner(cfg), MemorySchedule(cfg.global_mem_interval)
-  video = VideoResults(cfg, encode)
-  memory = None
-  for i in range(t):
-    feats = features(model, jnp.asarray(frames[i:i + 1]))
-    if i == 0:
-      out = reference(model, feats, jnp.zeros((1, hp, wp, cfg.max_obj_num + 1), jnp.float32))
-    else:
-      schedule.next_frame()
-      out, lstt = propagate(model, feats, memory)
-    host = jax.tree.map(lambda x: np.asarray(x[0]), {k: out[k] for k in ('cls_logits', 'id_logits',
-                                                                          'centerness_logits', 'bbox_ltrb')})
-    cand = select_candidates(host, points, level_sizes, meta, i == 0, cfg)
-    k = len(cand.inds)
-    sel = np.zeros(cfg.max_per_img, np.int64)
-    sel[:k] = cand.inds
-    probs = instance_masks(model, out['mask_feat'], jnp.asarray(points[sel][None]), jnp.asarray(strides[sel][None]),
-                           out['kernels'][:, jnp.asarray(sel)])
-    pad_masks, ori_masks = upsample_masks(np.asarray(probs[0, :k]), meta.img_shape, meta.ori_shape)
-    frame = assigner(cand, pad_masks, ori_masks, meta, i == 0)
-    video.add(frame, meta.ori_shape)
-    ids = jnp.asarray(frame.id_mask[None])
-    if i == 0:
-      memory = reset(model, feats, ids)
-    else:
-      memory = update(model, memory, lstt, ids, schedule.add_long(frame.new_instance))
-  return video.finish()
+        empty = encode(np.zeros(ori_shape, bool)) if empty is None else empty
+        rle = empty
+      tracks.add(obj, frame_index, rle, row, float(row.max()) if obj in frame.masks else None)
+    elif row.any():  # the capped id (max_obj - 2): class row counts, masks are never output
+      tracks.add(obj, frame_index, None, row)
