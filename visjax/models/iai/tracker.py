@@ -35,6 +35,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from visjax.inference import tracks as tracks_lib
+from visjax.inference.postprocess import sigmoid
 from visjax.inference.nms import batched_nms
 from visjax.models.layers import resize
 
@@ -62,11 +63,6 @@ class FrameMeta:
   pad_shape: tuple[int, int]
   ori_shape: tuple[int, int]
   scale_factor: tuple[float, float]
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-  x = np.asarray(x, np.float32)
-  return (np.float32(1) / (np.float32(1) + np.exp(-x))).astype(np.float32)
 
 
 @dataclasses.dataclass
