@@ -72,6 +72,7 @@ def _clip_batch(seed=0, t=3):
               instance_valid=np.array([[True, True, False]]))
 
 
+@pytest.mark.slow  # compiles value_and_grad through the whole clip (~1 min on 2 CPU cores)
 def test_loss_fn_gradients_and_descent(iai, tiny_model):
   model = nnx.clone(tiny_model)
   batch = jax.tree.map(jnp.asarray, _clip_batch())

@@ -239,6 +239,7 @@ def test_mmcv_nms_suppresses_at_threshold():
   assert list(nms_lib.batched_nms(boxes, np.array([0.9, 0.8, 0.7, 0.95]), np.array([0, 1, 0, 0]), 0.5)) == [3, 0, 1, 2]
 
 
+@pytest.mark.torch
 def test_upsample_masks_match_torch():
   torch = pytest.importorskip('torch')
   from torch_refs import iai_ref  # pylint: disable=g-import-not-at-top
