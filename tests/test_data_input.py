@@ -460,3 +460,18 @@ def test_mixed_sources_ratio_and_resume(data, coco_root):
       np.testing.assert_array_equal(batch[key], batches[step][key], err_msg=f'{key} at step {step}')
   with pytest.raises(ValueError, match='mix'):
     input_lib.TrainIterator(dataclasses.replace(spec, ratios=(1.0, 3.0))).set_state(state_after_one)
+
+
+def test_eval_and_predict_give_a_model_identical_frames(data):
+  """Predict reads a video's JPEG folder and resizes it with `resize_test_frames`; eval decodes the same JPEGs from
+  the TFRecord and resizes them in `eval_video_chunks`: both give the model the same uint8 frames and sizes."""
+  from visjax import predict  # pylint: disable=g-import-not-at-top
+  root = data['tfr'][3]
+  for fixed in (None, (40, 70)):
+    resize = input_lib.EvalResize(min_size=48, max_size=100, size_divisibility=32, fixed=fixed)
+    video = next(input_lib.eval_videos(root, min_size=48, max_size=100, size_divisibility=32, fixed_size=fixed))
+    name = data['dataset'].video(video['video_id']).file_names[0].split('/')[0]
+    decoded = predict.read_video(os.path.join(data['paths']['images'], name))
+    frames, image_size = input_lib.resize_test_frames(decoded, resize)
+    assert image_size == video['image_size']
+    np.testing.assert_array_equal(frames, video['frames'])
