@@ -57,7 +57,7 @@ def loss_fn(model: nnx.Module, batch: dict[str, Any], *, rng: jax.Array,
   def key_masks(layer: int, queries: jax.Array) -> jax.Array:
     """Mask logits `[B, M, h, w]` of `queries [B, M]` of layer `layer` on the key frames."""
     return model.mask_logits(key_feats, criterion.batched_take(outputs['mask_centres'][layer, 0::2], queries),
-                             criterion.batched_take(outputs['mask_params'][layer, 0::2], queries), out_hw)
+                             criterion.batched_take(outputs['hs'][layer, 0::2], queries), out_hw)
 
   return criterion.idol_loss(outputs, batch, rng=sample_rng, loss_config=getattr(model, 'loss_config', None),
                              mask_fn=key_masks)
