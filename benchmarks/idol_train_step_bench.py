@@ -1,22 +1,23 @@
 """IDOL train step: masks for the matched queries only (`method.loss_fn`) vs masks for every query (the old path).
 
-  JAX_PLATFORMS=cpu python benchmarks/idol_train_step_bench.py --setting=demo --reps=5
-  JAX_PLATFORMS=cpu python benchmarks/idol_train_step_bench.py --setting=demo_384x640 --reps=3
-  JAX_PLATFORMS=cpu python benchmarks/idol_train_step_bench.py --setting=r50_384x640 --reps=1
+  JAX_PLATFORMS=cpu python benchmarks/idol_train_step_bench.py --model=demo --reps=5            # demo shape
+  JAX_PLATFORMS=cpu python benchmarks/idol_train_step_bench.py --model=demo --clips=2 --height=384 --width=640
+  JAX_PLATFORMS=cpu python benchmarks/idol_train_step_bench.py --model=r50 --clips=2 --height=384 --width=640 \
+      --paths=new --reps=1
 
 Both paths run the full jitted train step of `visjax.train.trainer.make_train_step` (forward, loss, gradient,
 AdamW + clipping) on the same random batch and weights; the old path is `loss_fn` with the dense criterion input
 (`IDOL.__call__`'s `pred_masks [L, 2B, Q, H/4, W/4]` for every decoder layer, frame and query). They are timed
 alternately in one process (new, old, new, old, ...) so machine load affects both alike; wall and process-CPU
-seconds per step are medians over `--reps` steps after one compile-and-run step. Settings:
-  * demo: `configs/demo_synthetic.py` as trained by `make demo` (4 clips of 96 x 160, Q 30, 4 gt slots);
-  * demo_384x640: the same model, 2 clips of 384 x 640;
-  * r50_384x640: the official YTVIS19 R50 IDOL (`configs/idol_ytvis19.py`: 6 + 6 layers, Q 300, 16 gt slots),
-    2 clips of 384 x 640.
+seconds per step are medians over `--reps` steps after one compile-and-run step. Models:
+  * demo: `configs/demo_synthetic.py` as trained by `make demo` (default 4 clips of 96 x 160, Q 30, 4 gt slots);
+  * r50: the official YTVIS19 R50 IDOL (`configs/idol_ytvis19.py`: 6 + 6 layers, Q 300, 16 gt slots; default
+    2 clips of 384 x 640).
 """
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import time
@@ -34,9 +35,8 @@ from visjax.train import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
 from visjax.train import trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
-def _config(setting: str) -> tuple[ml_collections.ConfigDict, int, int, int]:
-  """(config, clips, height, width) of a setting."""
-  if setting.startswith('demo'):
+def _config(model: str) -> ml_collections.ConfigDict:
+  if model == 'demo':
     from configs import demo_synthetic  # pylint: disable=g-import-not-at-top
     config = demo_synthetic.get_config()
   else:
@@ -44,9 +44,7 @@ def _config(setting: str) -> tuple[ml_collections.ConfigDict, int, int, int]:
     config = idol_ytvis19.get_config()
   config.mesh.data = 1
   config.train.grad_accum = 1
-  if setting == 'demo':
-    return config, config.input.batch_size, 96, 160
-  return config, 2, 384, 640
+  return config
 
 
 def _batch(rng: np.random.Generator, clips: int, n: int, h: int, w: int, num_classes: int) -> dict[str, np.ndarray]:
@@ -82,12 +80,21 @@ class DenseIDOL(idol_method.IDOLMethod):
 
 def main():
   parser = argparse.ArgumentParser()
-  parser.add_argument('--setting', default='demo', choices=['demo', 'demo_384x640', 'r50_384x640'])
+  parser.add_argument('--model', default='demo', choices=['demo', 'r50'])
+  parser.add_argument('--clips', type=int, default=None, help='default: demo 4, r50 2')
+  parser.add_argument('--height', type=int, default=None, help='default: demo 96, r50 384')
+  parser.add_argument('--width', type=int, default=None, help='default: demo 160, r50 640')
+  parser.add_argument('--paths', default='new,old', help='comma-separated subset of new,old')
   parser.add_argument('--reps', type=int, default=5)
   args = parser.parse_args()
-  config, clips, h, w = _config(args.setting)
+  config = _config(args.model)
+  demo = args.model == 'demo'
+  clips = args.clips or (4 if demo else 2)
+  h, w = args.height or (96 if demo else 384), args.width or (160 if demo else 640)
   method = registry.get_method(config)
-  paths = {'matched queries (new)': method, 'every query (old)': DenseIDOL(config)}
+  paths = {name: m for key, name, m in (('new', 'matched queries (new)', method),
+                                        ('old', 'every query (old)', DenseIDOL(config)))
+           if key in args.paths.split(',')}
   mesh = mesh_lib.create_mesh(config)
   setup = trainer.build_setup(config, method, mesh)
   batch = mesh_lib.global_batch(_batch(np.random.default_rng(0), clips, config.input.max_instances, h, w,
@@ -106,17 +113,19 @@ def main():
       states[name], metrics = steps[name](states[name], batch)
       jax.block_until_ready(metrics)
       times[name].append((time.perf_counter() - w0, time.process_time() - c0))
-  print(f'\n{args.setting}: {clips} clips of {h} x {w}, Q {config.model.num_queries}, {config.model.dec_layers} '
+  print(f'\n{args.model}: {clips} clips of {h} x {w}, Q {config.model.num_queries}, {config.model.dec_layers} '
         f'decoder layers, {config.input.max_instances} gt slots; load average {os.getloadavg()[0]:.1f} '
-        f'on {os.cpu_count()} CPUs; median of {args.reps} steps\n')
+        f'on {os.cpu_count()} CPUs; median of {args.reps} steps; peak RSS '
+        f'{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB\n')
   print('| path | wall s / step | CPU s / step | first-step loss |')
   print('|---|---|---|---|')
   med = {name: (statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts))
          for name, ts in times.items()}
   for name in paths:
     print(f'| {name} | {med[name][0]:.3f} | {med[name][1]:.3f} | {losses[name]:.6f} |')
-  old, new = med['every query (old)'], med['matched queries (new)']
-  print(f'\nspeed-up (old / new): wall {old[0] / new[0]:.2f}x, CPU {old[1] / new[1]:.2f}x')
+  if len(med) == 2:
+    old, new = med['every query (old)'], med['matched queries (new)']
+    print(f'\nspeed-up (old / new): wall {old[0] / new[0]:.2f}x, CPU {old[1] / new[1]:.2f}x')
 
 
 if __name__ == '__main__':

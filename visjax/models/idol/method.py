@@ -156,7 +156,7 @@ class IDOLMethod(registry.Method):
     def key_masks(layer: int, queries: jax.Array) -> jax.Array:
       """Mask logits `[B, M, h, w]` of `queries [B, M]` of layer `layer` on the key frames."""
       return model.mask_logits(key_feats, criterion.batched_take(outputs['mask_centres'][layer, 0::2], queries),
-                               criterion.batched_take(outputs['mask_params'][layer, 0::2], queries), out_hw)
+                               criterion.batched_take(outputs['hs'][layer, 0::2], queries), out_hw)
 
     return criterion.idol_loss(outputs, batch, rng=sample_rng, loss_config=self.loss_settings, mask_fn=key_masks)
 

@@ -199,7 +199,7 @@ class IDOL(nnx.Module):
       dict: pred_logits, pred_boxes, pred_embeds, references as `__call__` (float32), and
         mask_feats `[N', Hp/8, Wp/8, mask_dim]` (mask-branch features of the N' `mask_frames`, Hp/Wp = H/W
         padded to 32) and
-        mask_params `[Ldec, N, Q, P]` (controller outputs, P = 169 for the official head), in the compute dtype,
+        hs `[Ldec, N, Q, C]` (decoder outputs, the controller's input), in the compute dtype,
         mask_centres `[Ldec, N, Q, 2]` float32 (reference entering each layer, (x, y) in pixels of the unpadded
         image).
     """
@@ -241,7 +241,7 @@ class IDOL(nnx.Module):
         'pred_embeds': self.reid_embed_head(hs[-1]).astype(jnp.float32),
         'references': references,
         'mask_feats': self.mask_head(maps),
-        'mask_params': self.controller(hs),
+        'hs': hs,
         'mask_centres': references[..., :2] * scale[None, :, None],
     }
     if intermediates:
@@ -252,18 +252,19 @@ class IDOL(nnx.Module):
           'encoder.memory': out.memory, 'decoder.hs': hs, 'decoder.references': out.references,
           'decoder.sampling_locations': out.decoder.sampling_locations,
           'decoder.attention_weights': out.decoder.attention_weights,
-          'mask_head.features': result['mask_feats'], 'controller.params': result['mask_params'],
+          'mask_head.features': result['mask_feats'], 'controller.params': self.controller(hs),
       })
       result['intermediates'] = inter
     return result
 
-  def mask_logits(self, mask_feats: jax.Array, centres: jax.Array, params: jax.Array,
+  def mask_logits(self, mask_feats: jax.Array, centres: jax.Array, hs: jax.Array,
                   out_hw: tuple[int, int]) -> jax.Array:
-    """Dynamic-head mask logits of the given instances (recomputed in the backward pass when `remat`).
+    """Dynamic-head mask logits of the given instances: controller, then the dynamic convs (recomputed in the
+    backward pass when `remat`).
 
     Args:
       mask_feats: `[N, h, w, mask_dim]` (`forward_heads`' mask_feats of the frames concerned).
-      centres: `[N, K, 2]` instance centres (x, y) in pixels; params: `[N, K, P]` their controller outputs.
+      centres: `[N, K, 2]` instance centres (x, y) in pixels; hs: `[N, K, C]` their decoder outputs.
       out_hw: static crop of the stride-`mask_out_stride` output, `(ceil(H / s), ceil(W / s))` of the input.
 
     Returns:
@@ -275,7 +276,7 @@ class IDOL(nnx.Module):
                            dynamic_channels=c.dynamic_channels)
     if c.remat:
       fn = jax.checkpoint(fn)
-    return fn(mask_feats, centres, params)[..., :out_hw[0], :out_hw[1]].astype(jnp.float32)
+    return fn(mask_feats, centres, self.controller(hs))[..., :out_hw[0], :out_hw[1]].astype(jnp.float32)
 
   def __call__(self, images: jax.Array, image_size: jax.Array, *, train: bool = False,
                rng: jax.Array | None = None, mask_layers: Sequence[int] | None = None, intermediates: bool = False):
@@ -307,10 +308,10 @@ class IDOL(nnx.Module):
     """
     out = self.forward_heads(images, image_size, train=train, rng=rng, intermediates=intermediates)
     inter = out.pop('intermediates', None)
-    feats, params, centres = out.pop('mask_feats'), out.pop('mask_params'), out.pop('mask_centres')
-    num_layers = params.shape[0]
+    feats, hs, centres = out.pop('mask_feats'), out.pop('hs'), out.pop('mask_centres')
+    num_layers = hs.shape[0]
     layers = range(num_layers) if mask_layers is None else [range(num_layers)[l] for l in mask_layers]
     stride = self.config.mask_out_stride
     out_hw = (-(-images.shape[1] // stride), -(-images.shape[2] // stride))
-    out['pred_masks'] = jnp.stack([self.mask_logits(feats, centres[l], params[l], out_hw) for l in layers])
+    out['pred_masks'] = jnp.stack([self.mask_logits(feats, centres[l], hs[l], out_hw) for l in layers])
     return (out, inter) if intermediates else out
