@@ -28,6 +28,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from visjax import io_utils
 from visjax.models import registry
 from visjax.train import checkpoint as ckpt_lib
 from visjax.train import mesh as mesh_lib
@@ -252,7 +253,7 @@ def _truncate_log(path: str, start_step: int) -> None:
     if row['step'] <= start_step:
       kept.append(line if line.endswith('\n') else line + '\n')
   if kept != lines:
-    with open(path, 'w') as f:
+    with io_utils.atomic_write(path) as f:
       f.writelines(kept)
 
 
