@@ -13,7 +13,8 @@ NOTEBOOKS = sorted((ROOT / 'colab').glob('*.ipynb'))
 _LINK = re.compile(r'https?://|www\.')
 
 
-@pytest.mark.parametrize('path', NOTEBOOKS, ids=lambda p: p.name)
+@pytest.mark.parametrize('path', NOTEBOOKS + sorted((ROOT / 'colab').glob('*.md')) + [ROOT / 'README.md'],
+                         ids=lambda p: p.name)
 def test_notebook_links_stay_in_the_repository(path):
   assert not _LINK.search(path.read_text()), f'{path.name} links outside the repository'
 
