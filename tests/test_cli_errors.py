@@ -240,3 +240,9 @@ def test_convert_builds_an_abstract_model(tmp_path, monkeypatch):
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   np.testing.assert_allclose(params['head']['bias'], official['head.bias'], rtol=1e-6)
   assert float(model.calls.get_value()) == 3
+
+
+def test_train_with_missing_init_from_fails_before_building(tmp_path):
+  line = _error_line(train_toy.run_main(str(tmp_path), f'--config.init_from={tmp_path}/official.pth'))
+  assert f'checkpoint not found: {tmp_path}/official.pth' in line
+  assert not os.path.exists(tmp_path / 'checkpoints')

@@ -1,6 +1,6 @@
 """visjax command line: train, evaluate, predict on a video, or port an official checkpoint.
 
-  python -m visjax.main --config configs/<name>.py --workdir DIR \
+  python -m visjax.main --config configs/<name>.py --workdir DIR
       [--mode train|eval|train_and_eval|predict|convert] [--config.a.b=value ...] [--debug]
   python -m visjax.main --config configs/<name>.py --help     # lists every field of that config
 
@@ -103,11 +103,13 @@ def _check_train_data(config: ml_collections.ConfigDict) -> None:
 
 def validate(config: ml_collections.ConfigDict, workdir: str, mode: str) -> None:
   """Cheap checks before anything is built or compiled; raises a user error naming the path or field."""
+  from visjax.convert import torch_ckpt  # pylint: disable=g-import-not-at-top  # NumPy only.
   _check_writable(workdir)
   if mode in TRAIN_MODES:
     _check_train_data(config)
+    if config.init_from and not os.path.isdir(config.init_from):  # A folder: a converted orbax checkpoint.
+      torch_ckpt.check_file(config.init_from)
   if mode == 'convert':
-    from visjax.convert import torch_ckpt  # pylint: disable=g-import-not-at-top
     if not config.init_from or not os.path.isfile(config.init_from):
       raise errors.UserError(
           f'--mode convert needs --config.init_from=PATH to an official checkpoint ({", ".join(torch_ckpt.EXTENSIONS)})'
