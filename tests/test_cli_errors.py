@@ -70,7 +70,8 @@ def _garbage(path) -> str:
 
 
 @pytest.mark.parametrize('make,expected', [
-    (lambda d: str(d / 'absent.pth'), 'absent.pth is not a file'),
+    (lambda d: str(d / 'absent.pth'), 'checkpoint not found: '),
+    (lambda d: str(d), 'checkpoint not found: '),  # a folder
     (lambda d: _garbage(d / 'junk.npz'), 'junk.npz: not a .npz checkpoint'),
     (lambda d: _garbage(d / 'junk.pth'), 'junk.pth: not a .pth checkpoint'),
     (lambda d: _truncated(d / 'cut.npz'), 'cut.npz: truncated or corrupt .npz checkpoint'),

@@ -103,18 +103,13 @@ def _check_train_data(config: ml_collections.ConfigDict) -> None:
 
 def validate(config: ml_collections.ConfigDict, workdir: str, mode: str) -> None:
   """Cheap checks before anything is built or compiled; raises a user error naming the path or field."""
-  from visjax.convert import torch_ckpt  # pylint: disable=g-import-not-at-top  # NumPy only.
   _check_writable(workdir)
   if mode in TRAIN_MODES:
     _check_train_data(config)
     if config.init_from and not os.path.isdir(config.init_from):  # A folder: a converted orbax checkpoint.
+      from visjax.convert import torch_ckpt  # pylint: disable=g-import-not-at-top  # NumPy only.
       torch_ckpt.check_file(config.init_from)
-  if mode == 'convert':
-    if not config.init_from or not os.path.isfile(config.init_from):
-      raise errors.UserError(
-          f'--mode convert needs --config.init_from=PATH to an official checkpoint ({", ".join(torch_ckpt.EXTENSIONS)})'
-          + (f'; {config.init_from} is not a file.' if config.init_from else '.'))
-    torch_ckpt.check_file(config.init_from)
+  # --mode convert checks its input file first thing (restore.convert_checkpoint), before building the model.
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, mode: str) -> dict:
@@ -123,7 +118,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str) -> dict:
   with io_utils.atomic_write(os.path.join(workdir, f'config_{mode}.json')) as f:
     f.write(config.to_json_best_effort(indent=1))
   cache = enable_compilation_cache(config)
-  logging.info('JAX compilation cache: %s', cache or 'off')
+  logging.debug('JAX compilation cache: %s', cache or 'off')
   # Imported here so that `--help` and flag errors stay fast, and after distributed start-up.
   from visjax.train import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   mesh_lib.maybe_initialize_distributed(config)

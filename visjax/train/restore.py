@@ -74,7 +74,7 @@ def convert_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> str:
   if not config.init_from:
     raise errors.UserError('--mode convert needs --config.init_from=PATH to an official checkpoint '
                            f'({", ".join(torch_ckpt.EXTENSIONS)}).')
-  torch_ckpt.check_file(config.init_from)
+  torch_ckpt.check_file(config.init_from)  # Before anything is built.
   start = time.time()
   method = registry.get_method(config.method)
   allow = config.get('convert', ml_collections.ConfigDict())
