@@ -7,6 +7,9 @@ Besides `UserError`, the library's own error classes (`NonFiniteLossError`, `vis
 validation count as user errors; anything else is a bug and keeps its traceback.
 """
 
+import errno
+import sys
+
 EXIT_USER_ERROR = 1
 EXIT_USAGE = 2  # Bad command line: unknown flag, bad --config path or override.
 EXIT_PREEMPTED = 75  # SIGTERM / SIGINT during training: checkpoint saved, rerun the same command to resume.
@@ -31,11 +34,17 @@ def is_user_error(error: BaseException) -> bool:
 
 
 def one_line(error: BaseException) -> str:
-  """The first line of the error's message, with the file for OS errors (e.g. a read-only workdir)."""
+  """The first line of the error's message (with the file for OS errors) and, for some kinds, what to do."""
   if isinstance(error, OSError) and error.filename is not None and error.strerror:
     text = f'{error.filename}: {error.strerror}'
-    if isinstance(error, PermissionError) or error.errno == 30:  # EROFS: read-only file system.
+    if isinstance(error, PermissionError) or error.errno == errno.EROFS:
       text += ' (not writable: fix its permissions or use another --workdir)'
     return text
   lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-  return lines[0] if lines else type(error).__name__
+  text = lines[0] if lines else type(error).__name__
+  tfrecord = sys.modules.get('data_pipeline.tfrecord')
+  if tfrecord is not None and isinstance(error, tfrecord.RecordFormatError) and 'data_pipeline.convert' not in text:
+    text += ' (the converted data is damaged: convert it again with python -m data_pipeline.convert --overwrite)'
+  if isinstance(error, FloatingPointError):
+    text += ' Lower config.train.lr or check the data; the same command resumes from that checkpoint.'
+  return text

@@ -73,13 +73,13 @@ def enable_compilation_cache(config: ml_collections.ConfigDict) -> str:
 
 
 def _check_writable(workdir: str) -> None:
-  os.makedirs(workdir, exist_ok=True)
   try:
+    os.makedirs(workdir, exist_ok=True)
     with tempfile.TemporaryFile(dir=workdir):
       pass
   except OSError as e:
-    raise errors.UserError(f'--workdir {workdir} is not writable ({e.strerror}): fix its permissions or choose '
-                           'another --workdir.') from e
+    raise errors.UserError(f'--workdir {workdir} is not a writable folder ({e.strerror}: {e.filename}); fix its '
+                           'permissions or choose another --workdir.') from e
 
 
 def _check_train_data(config: ml_collections.ConfigDict) -> None:

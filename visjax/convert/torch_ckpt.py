@@ -151,7 +151,7 @@ def check_file(path: str | os.PathLike) -> str:
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f'checkpoint not found: {path}' + (' (a folder, not a file)' if os.path.isdir(path)
-                                                                else ''))
+                                                                else '') + '; check config.init_from')
   if not os.access(path, os.R_OK):
     raise CheckpointFormatError(f'{path}: not readable (permission denied)')
   ext = os.path.splitext(path)[1].lower()
