@@ -201,20 +201,23 @@ def test_check_file_needs_torch_for_pth(tmp_path, monkeypatch):
 _ABSTRACT_TOY = '''
 import jax
 from tests import train_toy
-from tests.train_toy import loss_fn, predict_video
 from visjax import convert
 
 TRACED = []
 
 
-def build_model(config, *, rngs):
-  model = train_toy.build_model(config, rngs=rngs)
-  TRACED.append(isinstance(model.backbone.kernel.get_value(), jax.core.Tracer))
-  return model
+class AbstractToy(train_toy.ToyMethod):
+
+  def build_model(self, rngs):
+    model = super().build_model(rngs)
+    TRACED.append(isinstance(model.backbone.kernel.get_value(), jax.core.Tracer))
+    return model
+
+  def conversion_rules(self):
+    return super().conversion_rules() + [convert.Rule('calls', 'calls')]
 
 
-def conversion_rules(config):
-  return train_toy.conversion_rules(config) + [convert.Rule('calls', 'calls')]
+METHOD = AbstractToy
 '''
 
 

@@ -11,10 +11,12 @@ from absl import logging
 from flax import nnx
 import jax
 import ml_collections
+import orbax.checkpoint as ocp
 
 from visjax import errors
 from visjax.models import registry
 from visjax.train import checkpoint as ckpt_lib
+from visjax.train import init_from
 from visjax.train import mesh as mesh_lib
 from visjax.train import trainer
 
@@ -39,22 +41,23 @@ def describe_weights(config: ml_collections.ConfigDict, workdir: str) -> str:
 def load_model(config: ml_collections.ConfigDict, workdir: str) -> nnx.Module:
   """Builds `config.method`'s model on the config's mesh and loads the weights found by `describe_weights`."""
   source = describe_weights(config, workdir)
-  method = registry.get_method(config.method)
+  method = registry.get_method(config)
   mesh = mesh_lib.create_mesh(config)
   with jax.set_mesh(mesh):
     setup = trainer.build_setup(config, method, mesh)
-    checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, trainer.CHECKPOINT_DIR),
-                                         keep=config.train.keep_checkpoints)
-    latest = checkpointer.latest_step()
-    if latest is not None:
-      state, _ = checkpointer.restore(latest, setup.abstract_state)
-      params, rest = state['params'], state['rest']
+    item = init_from.training_checkpoint(workdir)
+    if item is not None:  # parameters and model state only: the optimizer state is never read
+      abstract = {'params': setup.abstract_state['params'],
+                  'rest': ckpt_lib.abstract_saveable(setup.abstract_state['rest'])}
+      restored = ocp.PyTreeCheckpointer().restore(item, args=ocp.args.PyTreeRestore(
+          item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract), partial_restore=True))
+      params = restored['params']
+      rest = ckpt_lib.from_saveable(restored['rest'], setup.abstract_state['rest'])
     else:
       state = setup.init_fn()
       converted = os.path.join(workdir, trainer.CONVERTED_DIR)
       path = converted if os.path.isdir(converted) else config.init_from
       params, rest = trainer.load_pretrained(config, method, setup, state, path)
-    checkpointer.close()
   logging.info('Loaded weights from %s', source)
   return nnx.merge(setup.graphdef, params, rest)
 
@@ -76,10 +79,10 @@ def convert_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> str:
                            f'({", ".join(torch_ckpt.EXTENSIONS)}).')
   torch_ckpt.check_file(config.init_from)  # Before anything is built.
   start = time.time()
-  method = registry.get_method(config.method)
+  method = registry.get_method(config)
   allow = config.get('convert', ml_collections.ConfigDict())
   keeps_init = bool(tuple(allow.get('allow_missing', ())) or tuple(allow.get('allow_shape_mismatch', ())))
-  build = lambda: method.build_model(config, rngs=nnx.Rngs(config.seed))
+  build = lambda: method.build_model(nnx.Rngs(config.seed))
   logging.info('[1/3] Building the %s model (%s)', config.method,
                'random init: config.convert allows variables to keep it' if keeps_init else 'abstract, no init')
   model = build() if keeps_init else nnx.eval_shape(build)

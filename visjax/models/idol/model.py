@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from visjax.models import settings
 from visjax.models.backbones import factory
 from visjax.models.backbones import swin
 from visjax.models.heads import dynamic_mask
@@ -79,21 +80,55 @@ def default_model_config() -> ml_collections.ConfigDict:
   return m
 
 
+@dataclasses.dataclass(frozen=True)
+class IDOLSettings:
+  """The fields of `config.model` (see `default_model_config` for their meaning and the official values)."""
+  backbone: str
+  backbone_depth: int
+  freeze_at: int
+  backbone_norm: str
+  backbone_width: int
+  swin: swin.SwinConfig
+  num_classes: int
+  d_model: int
+  nheads: int
+  enc_layers: int
+  dec_layers: int
+  dim_feedforward: int
+  dropout: float
+  num_feature_levels: int
+  enc_n_points: int
+  dec_n_points: int
+  num_queries: int
+  reid_dim: int
+  mask_dim: int
+  dynamic_channels: int
+  mask_feat_stride: int
+  mask_out_stride: int
+  rel_coord: bool
+  pixel_mean: tuple[float, ...]
+  pixel_std: tuple[float, ...]
+  size_divisibility: int
+  msda_implementation: str
+  remat: bool
+
+
 class IDOL(nnx.Module):
   """IDOL detector / segmenter for single frames (tracking happens on the host, see `tracker.py`)."""
 
-  def __init__(self, config: ml_collections.ConfigDict, *, dtype: Any = None, rngs: nnx.Rngs):
+  def __init__(self, config: IDOLSettings | ml_collections.ConfigDict, *, dtype: Any = None, rngs: nnx.Rngs):
     """Builds the model.
 
     Args:
-      config: model settings (`config.model` of an IDOL config; fields as `default_model_config()`).
+      config: model settings: `IDOLSettings` or the `config.model` section of an IDOL config (every field of
+        `default_model_config()` required).
       dtype: compute dtype (e.g. jnp.bfloat16); parameters stay float32. None = float32.
       rngs: parameter init RNGs.
     """
-    c = config
+    c = config if isinstance(config, IDOLSettings) else settings.from_config(IDOLSettings, config, 'config.model')
     if c.d_model % 32:
       raise ValueError(f'IDOL config.model: d_model ({c.d_model}) must be a multiple of 32 (GroupNorm(32)).')
-    self.config = ml_collections.FrozenConfigDict(c)  # static (hashable) copy
+    self.config = c  # frozen, hashable: part of the graphdef
     self.dtype = dtype
     self.backbone, channels = factory.build_backbone(c, out_features=('res3', 'res4', 'res5'), dtype=dtype,
                                                     rngs=rngs)
@@ -103,7 +138,7 @@ class IDOL(nnx.Module):
     self.transformer = deformable.DeformableTransformer(
         c.d_model, c.nheads, c.enc_layers, c.dec_layers, c.dim_feedforward, c.dropout, c.num_feature_levels,
         c.dec_n_points, c.enc_n_points, msda_implementation=c.msda_implementation or None,
-        remat=c.get('remat', False), dtype=dtype, rngs=rngs)
+        remat=c.remat, dtype=dtype, rngs=rngs)
     self.query_embed = nnx.Embed(c.num_queries, 2 * c.d_model, embedding_init=nnx.initializers.normal(1.),
                                  rngs=rngs)
     prior_bias = -math.log((1 - 0.01) / 0.01)
@@ -146,7 +181,7 @@ class IDOL(nnx.Module):
                                        size_divisibility=c.size_divisibility)
 
   def __call__(self, images: jax.Array, image_size: jax.Array, *, train: bool = False,
-               rng: jax.Array | None = None, mask_layers: Sequence[int] | None = None) -> dict[str, jax.Array]:
+               rng: jax.Array | None = None, mask_layers: Sequence[int] | None = None, intermediates: bool = False):
     """Runs the per-frame model.
 
     Args:
@@ -157,12 +192,21 @@ class IDOL(nnx.Module):
         / default stream of the construction `rngs`).
       rng: PRNG key for dropout (used only when `train` and dropout > 0).
       mask_layers: decoder layers whose masks are computed (e.g. `(-1,)` at inference); None = all.
+      intermediates: also return the named intermediates (docs/INTERFACES.md §6; a Python switch, so the graph
+        traced without it is unchanged):
+          backbone.res3|res4|res5 `[N, h, w, C_l]`; transformer.src_{l} `[N, H_l, W_l, C]` (projected input
+          level l), transformer.mask_{l} bool `[N, H_l, W_l]`, transformer.pos_{l} `[N, H_l, W_l, C]`;
+          encoder.memory `[N, S, C]`; decoder.hs `[Ldec, N, Q, C]`, decoder.references `[Ldec, N, Q, 4]`,
+          decoder.sampling_locations `[Ldec, N, Q, M, L, P, 2]`, decoder.attention_weights `[Ldec, N, Q, M, L, P]`;
+          mask_head.features `[N, H/8, W/8, mask_dim]`; controller.params `[Ldec, N, Q, P]` (dynamic mask-head
+          parameters of every layer).
 
     Returns:
       dict (all float32):
         pred_logits `[Ldec, N, Q, C]`, pred_boxes `[Ldec, N, Q, 4]` (cxcywh normalised to the unpadded image),
         pred_masks `[len(mask_layers) or Ldec, N, Q, ceil(H/4), ceil(W/4)]` mask logits at stride 4 of the input,
         pred_embeds `[N, Q, E]` (last layer), references `[Ldec, N, Q, 4]` (reference entering each layer).
+      With `intermediates`, `(outputs, intermediates)`.
     """
     c = self.config
     if images.ndim != 4 or images.shape[-1] != 3:
@@ -185,7 +229,7 @@ class IDOL(nnx.Module):
     srcs, masks = self.input_proj([feats['res3'], feats['res4'], feats['res5']], pad_mask)
     pos = [sine_position_embedding(m, c.d_model // 2) for m in masks]
     out = self.transformer(srcs, masks, pos, self.query_embed.embedding[...], list(self.bbox_embed),
-                           deterministic=deterministic, rngs=rngs)
+                           deterministic=deterministic, rngs=rngs, return_sampling=intermediates)
 
     hs = out.hs
     logits = jnp.stack([head(hs[l]) for l, head in enumerate(self.class_embed)]).astype(jnp.float32)
@@ -200,7 +244,7 @@ class IDOL(nnx.Module):
     mask_logits = functools.partial(
         dynamic_mask.dynamic_mask_logits, mask_feat_stride=c.mask_feat_stride, mask_out_stride=c.mask_out_stride,
         rel_coord=c.rel_coord, dynamic_channels=c.dynamic_channels)
-    if c.get('remat', False):
+    if c.remat:
       mask_logits = jax.checkpoint(mask_logits)
     layers = range(hs.shape[0]) if mask_layers is None else [range(hs.shape[0])[l] for l in mask_layers]
     masks_out = []
@@ -209,10 +253,22 @@ class IDOL(nnx.Module):
       masks_out.append(mask_logits(mask_feats, centres, self.controller(hs[l])))
     pred_masks = jnp.stack(masks_out).astype(jnp.float32)
     pred_masks = pred_masks[..., :-(-h // c.mask_out_stride), :-(-w // c.mask_out_stride)]
-    return {
+    outputs = {
         'pred_logits': logits,
         'pred_boxes': out.boxes.astype(jnp.float32),
         'pred_masks': pred_masks,
         'pred_embeds': self.reid_embed_head(hs[-1]).astype(jnp.float32),
         'references': out.references.astype(jnp.float32),
     }
+    if not intermediates:
+      return outputs
+    inter = {f'backbone.{k}': v for k, v in feats.items()}
+    for l, (src, m, p) in enumerate(zip(srcs, masks, pos)):
+      inter.update({f'transformer.src_{l}': src, f'transformer.mask_{l}': m, f'transformer.pos_{l}': p})
+    inter.update({
+        'encoder.memory': out.memory, 'decoder.hs': hs, 'decoder.references': out.references,
+        'decoder.sampling_locations': out.decoder.sampling_locations,
+        'decoder.attention_weights': out.decoder.attention_weights, 'mask_head.features': mask_feats,
+        'controller.params': jnp.stack([self.controller(hs[l]) for l in range(hs.shape[0])]),
+    })
+    return outputs, inter
