@@ -251,3 +251,20 @@ def test_train_with_missing_init_from_fails_before_building(tmp_path):
   line = _error_line(train_toy.run_main(str(tmp_path), f'--config.init_from={tmp_path}/official.pth'))
   assert f'checkpoint not found: {tmp_path}/official.pth' in line
   assert not os.path.exists(tmp_path / 'checkpoints')
+
+
+def test_train_validation_rejects_a_conversion_without_videos(tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+  from configs import idol_tiny  # pylint: disable=g-import-not-at-top
+  from data_pipeline import tfrecord  # pylint: disable=g-import-not-at-top
+  from visjax import main  # pylint: disable=g-import-not-at-top
+  (tmp_path / 'tf').mkdir()
+  (tmp_path / 'tf' / tfrecord.MANIFEST_NAME).write_text(json.dumps(
+      {'format_version': tfrecord.FORMAT_VERSION, 'shards': [], 'num_videos': 0, 'categories': [],
+       'format': 'ytvis', 'max_tracks_per_video': 0}))
+  config = idol_tiny.get_config()
+  config.dataset.prepare = ''
+  config.dataset.tfrecords = str(tmp_path / 'tf')
+  with pytest.raises(errors.UserError, match=r'tf holds no videos \(no shards in its manifest\)'):
+    main.validate(config, str(tmp_path / 'w'), 'train')
+  main.validate(config, str(tmp_path / 'w'), 'eval')  # Only training reads the training split.
