@@ -59,7 +59,8 @@ def outline(mask: np.ndarray, width: int) -> np.ndarray:
   return mask & ~inner
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+  """Pillow's default font at `size` pixels (its fixed bitmap font when Pillow lacks FreeType)."""
   return ImageFont.load_default(size=size)
 
 
@@ -96,7 +97,8 @@ def overlay_frame(frame: np.ndarray, masks: np.ndarray, colors: np.ndarray, labe
     raise ValueError(f'masks {masks.shape} do not match the frame {frame.shape}.')
   height, width = frame.shape[:2]
   short = min(height, width)
-  font = _font(font_size or max(10, round(short / 30)))
+  font_size = font_size or max(10, round(short / 30))
+  font = _font(font_size)
   line = max(1, short // 240)
   out = frame.astype(np.float32)
   for mask, color in zip(masks, colors):
@@ -109,7 +111,7 @@ def overlay_frame(frame: np.ndarray, masks: np.ndarray, colors: np.ndarray, labe
       out[outline(mask, line)] = color.astype(np.float32)
   image = Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
   draw = ImageDraw.Draw(image)
-  pad = max(1, font.size // 5)
+  pad = max(1, font_size // 5)
   for mask, color, label in zip(masks, colors, labels):
     ys, xs = np.nonzero(mask)
     if not ys.size or not label:
@@ -144,8 +146,9 @@ def side_by_side(left: np.ndarray, right: np.ndarray,
   if left.shape[:2] != right.shape[:2]:
     raise ValueError(f'side_by_side needs the same frame count and height, got {left.shape} and {right.shape}.')
   t, h = left.shape[:2]
-  font = _font(max(10, round(h / 24)))
-  header = font.size * 2
+  font_size = max(10, round(h / 24))
+  font = _font(font_size)
+  header = font_size * 2
   gap = max(2, h // 100)
   width = left.shape[2] + gap + right.shape[2]
   canvas = np.full((t, header + h, width, 3), 255, np.uint8)
