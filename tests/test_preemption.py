@@ -34,8 +34,10 @@ def _wait_for_log_lines(workdir: str, count: int, proc, timeout: float = 120) ->
   path = os.path.join(workdir, 'train_log.jsonl')
   deadline = time.time() + timeout
   while time.time() < deadline and proc.poll() is None:
-    if os.path.exists(path) and len(train_toy.read_log(workdir)) >= count:
-      return
+    if os.path.exists(path):
+      with open(path) as f:
+        if f.read().count('\n') >= count:  # Complete lines only (the writer may be mid-line).
+          return
     time.sleep(0.05)
   raise AssertionError(f'training did not log {count} steps in time (rc {proc.poll()})')
 
