@@ -28,6 +28,10 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import tqdm
+
+from visjax import io_utils
+
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
@@ -367,13 +371,14 @@ def generation_record(num_videos: int, seed: int, options: Options) -> dict[str,
   return {'num_videos': int(num_videos), 'seed': int(seed), 'options': fields}
 
 
-def generate(out_dir: str, num_videos: int, seed: int, **options: Any) -> dict[str, str]:
+def generate(out_dir: str, num_videos: int, seed: int, *, progress: bool = False, **options: Any) -> dict[str, str]:
   """Writes the synthetic set under `out_dir`.
 
   Args:
     out_dir: output directory (created; existing files with the same names are overwritten).
     num_videos: total number of videos over both splits.
     seed: integer seed; the output is a pure function of (seed, num_videos, options).
+    progress: show a progress bar (one step per video) on stderr.
     **options: fields of `Options` (height, width, sizes, min_frames, max_frames, min_instances,
       max_instances, valid_fraction, crowd_fraction, traverse_fraction, crossing_fraction, min_radius,
       max_radius, jpeg_quality, uncompressed_rle).
@@ -393,7 +398,7 @@ def generate(out_dir: str, num_videos: int, seed: int, **options: Any) -> dict[s
   images_dir = os.path.join(out_dir, 'JPEGImages')
   splits = {'train': _empty_json(), 'valid': _empty_json()}
   annotation_id = 0
-  for index in range(num_videos):
+  for index in tqdm.trange(num_videos, desc=f'synthetic videos -> {out_dir}', unit='video', disable=not progress):
     video = sample_video(seed, index, opts)
     length, h, w = video.frames.shape[:3]
     name = video_name(index)
@@ -420,12 +425,9 @@ def generate(out_dir: str, num_videos: int, seed: int, **options: Any) -> dict[s
           'iscrowd': int(video.iscrowd[k]), 'id': annotation_id,
       })
   paths = {'root': out_dir, 'images': images_dir, 'generation': os.path.join(out_dir, GENERATION_FILE)}
-  with open(paths['generation'], 'w') as f:
-    json.dump(generation_record(num_videos, seed, opts), f, indent=1)
+  io_utils.write_json(paths['generation'], generation_record(num_videos, seed, opts), indent=1)
   for split_name, content in splits.items():
-    paths[split_name] = os.path.join(out_dir, f'{split_name}.json')
-    with open(paths[split_name], 'w') as f:
-      json.dump(content, f)
+    paths[split_name] = io_utils.write_json(os.path.join(out_dir, f'{split_name}.json'), content)
   return paths
 
 
@@ -461,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   args = parser.parse_args(argv)
   options = {k: v for k, v in vars(args).items() if k not in ('out', 'num_videos', 'seed')}
   try:
-    paths = generate(args.out, args.num_videos, args.seed, **options)
+    paths = generate(args.out, args.num_videos, args.seed, progress=True, **options)
   except ValueError as e:
     parser.error(str(e))
   for split in ('train', 'valid'):

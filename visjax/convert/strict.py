@@ -56,6 +56,8 @@ class ConversionReport:
     mismatched: converted tensors whose shape (or dtype kind) differs from the NNX variable.
     errors: failed drop checks, failed transforms, several keys writing one path.
     num_values: number of scalars written.
+    num_keys: number of keys in the checkpoint.
+    num_variables: number of variables the model asked for.
   """
 
   loaded: list[tuple[str, str]] = dataclasses.field(default_factory=list)
@@ -68,10 +70,27 @@ class ConversionReport:
   allowed_unexpected: list[Issue] = dataclasses.field(default_factory=list)
   allowed_mismatched: list[Issue] = dataclasses.field(default_factory=list)
   num_values: int = 0
+  num_keys: int = 0
+  num_variables: int = 0
 
   @property
   def ok(self) -> bool:
     return not (self.missing or self.unexpected or self.mismatched or self.errors)
+
+  def headline(self) -> str:
+    """One line: what is wrong overall (a checkpoint of another model when under half of the model matched)."""
+    matched = len(self.loaded) + len(self.allowed_mismatched)
+    counts = ', '.join(f'{len(items)} {name}' for name, items in (
+        ('missing', self.missing), ('unexpected', self.unexpected), ('mis-shaped', self.mismatched),
+        ('errors', self.errors)) if items)
+    if matched * 2 < self.num_variables:
+      first = ', '.join(i.torch_key or i.nnx_path for i in self.unexpected[:3])
+      return (f'checkpoint looks like a different model: {matched} of {self.num_variables} model variables matched '
+              f'({self.num_keys} checkpoint keys; {counts})' + (f'; first unexpected keys: {first}' if first else '')
+              + '. Check --config (method, backbone) against the checkpoint.')
+    first = (self.missing + self.unexpected + self.mismatched + self.errors)[0]
+    return (f'checkpoint does not match the model: {counts}; first: {first}. Fix the config or waive with '
+            'config.convert.allow_missing / allow_unexpected / allow_shape_mismatch regexes.')
 
   def summary(self) -> str:
     lines = [f'loaded {len(self.loaded)} tensors ({self.num_values:,} values), dropped {len(self.dropped)}']
@@ -95,7 +114,7 @@ class ConversionError(ValueError):
 
   def __init__(self, report: ConversionReport):
     self.report = report
-    super().__init__('checkpoint does not match the model:\n' + report.summary())
+    super().__init__(report.headline() + '\n' + report.summary())
 
 
 def _compile(patterns: Sequence[str] | str) -> list[re.Pattern]:
@@ -172,7 +191,7 @@ def convert(state_dict: Mapping[str, Any] | str | os.PathLike, model: nnx.Module
                                                                 allow_shape_mismatch))
   state = target_state(model)
   variables = {dotted(path): var for path, var in nnx.to_flat_state(state)}
-  report = ConversionReport()
+  report = ConversionReport(num_keys=len(state_dict), num_variables=len(variables))
   values: dict[str, np.ndarray] = {}
   writer: dict[str, str] = {}
 

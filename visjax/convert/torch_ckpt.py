@@ -12,6 +12,7 @@ every key (DataParallel / DDP) is stripped.
 from __future__ import annotations
 
 from collections.abc import Mapping
+import importlib.util
 import json
 import os
 import struct
@@ -133,14 +134,51 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]
       f.write(data)
 
 
-def _read_torch(path: str) -> Any:
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError:
+_TORCH_EXTS = ('.pth', '.pt', '.bin', '.ckpt')
+EXTENSIONS = ('.npz', '.safetensors') + _TORCH_EXTS
+_ZIP_MAGIC = b'PK\x03\x04'
+
+
+def check_file(path: str | os.PathLike) -> str:
+  """Cheap checks before reading: the file exists, is readable, has a supported extension, torch for .pth.
+
+  Returns the extension (lower case).
+
+  Raises:
+    FileNotFoundError: no such file.
+    CheckpointFormatError: unreadable, unknown extension, or torch missing for a torch file.
+  """
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'checkpoint not found: {path}' + (' (a folder, not a file)' if os.path.isdir(path)
+                                                                else '') + '; check config.init_from')
+  if not os.access(path, os.R_OK):
+    raise CheckpointFormatError(f'{path}: not readable (permission denied)')
+  ext = os.path.splitext(path)[1].lower()
+  if ext not in EXTENSIONS:
+    raise CheckpointFormatError(f'{path}: unknown checkpoint extension {ext!r} ({", ".join(EXTENSIONS)})')
+  if ext in _TORCH_EXTS and importlib.util.find_spec('torch') is None:
     raise CheckpointFormatError(
-        f'{path}: reading .pth needs torch (pip install visjax[torch]); or export the state dict to .npz / '
-        '.safetensors in a torch environment and convert that') from None
+        f'{path}: reading {ext} needs torch (pip install "visjax[torch]"); or export the state dict to .npz / '
+        '.safetensors in a torch environment and convert that')
+  return ext
+
+
+def _read_torch(path: str) -> Any:
+  import torch  # pylint: disable=g-import-not-at-top
   return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def _unreadable(path: str, ext: str, error: Exception) -> CheckpointFormatError:
+  """Names the file and says whether it looks truncated (a zip container that does not open) or is no checkpoint."""
+  with open(path, 'rb') as f:
+    head = f.read(4)
+  if head == _ZIP_MAGIC:
+    detail = ' '.join(str(error).split())[:120]
+    return CheckpointFormatError(f'{path}: truncated or corrupt {ext} checkpoint ({type(error).__name__}: {detail}); '
+                                 'download or export it again')
+  return CheckpointFormatError(f'{path}: not a {ext} checkpoint (unrecognised content; expected a file written by '
+                               f'{"np.savez" if ext == ".npz" else "torch.save"}): is this the right file?')
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -148,19 +186,20 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
   Raises:
     FileNotFoundError: no such file.
-    CheckpointFormatError: unknown extension, unreadable file, or a non-array entry (named).
+    CheckpointFormatError: unknown extension, unreadable, truncated or garbage file, or a non-array entry (named).
   """
   path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'checkpoint not found: {path}')
-  ext = os.path.splitext(path)[1].lower()
-  if ext == '.npz':
-    with np.load(path, allow_pickle=False) as z:
-      obj = {k: z[k] for k in z.files}
-  elif ext == '.safetensors':
-    obj = read_safetensors(path)
-  elif ext in ('.pth', '.pt', '.bin', '.ckpt'):
-    obj = _read_torch(path)
-  else:
-    raise CheckpointFormatError(f'{path}: unknown checkpoint extension {ext!r} (.pth, .pt, .npz, .safetensors)')
+  ext = check_file(path)
+  try:
+    if ext == '.npz':
+      with np.load(path, allow_pickle=False) as z:
+        obj = {k: z[k] for k in z.files}
+    elif ext == '.safetensors':
+      obj = read_safetensors(path)
+    else:
+      obj = _read_torch(path)
+  except CheckpointFormatError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  # zipfile, pickle, torch and numpy raise many kinds.
+    raise _unreadable(path, ext, e) from e
   return unwrap_state_dict(obj, source=path)

@@ -10,6 +10,7 @@ with `counts` a COCO compressed RLE string and None where the instance is absent
 """
 
 from collections.abc import Iterable, Mapping, Sequence
+import contextlib
 import json
 import math
 import numbers
@@ -19,6 +20,7 @@ import zipfile
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from visjax import io_utils
 from visjax.evaluation import rle as rle_lib
 
 RESULT_KEYS = ('video_id', 'category_id', 'score', 'segmentations')
@@ -217,7 +219,9 @@ class VideoResultWriter:
   """Streams result records into `out_dir/results.json` and, on close, zips it for CodaLab.
 
   Records are written as they arrive (typically one video's tracks at a time), so memory does not grow with the
-  number of videos. With `gt_or_videos`, every record is validated before it is written.
+  number of videos. With `gt_or_videos`, every record is validated before it is written. Both files appear only
+  when the writer closes without error (written under temporary names, then renamed): a crash never leaves a
+  partial results.json, and an earlier complete one stays in place.
 
     with VideoResultWriter(out_dir, gt) as writer:
       for video in videos:
@@ -233,7 +237,8 @@ class VideoResultWriter:
     self._table = None if gt_or_videos is None else video_table(gt_or_videos)
     self._category_ids = None if gt_or_videos is None else _category_ids(gt_or_videos)
     self._count = 0
-    self._file = open(self.json_path, 'w')
+    self._pending = contextlib.ExitStack()  # Renames the temporary json into place when closed without error.
+    self._file = open(self._pending.enter_context(io_utils.atomic_path(self.json_path)), 'w')
     self._file.write('[')
 
   def write(self, records: Iterable[Mapping]) -> None:
@@ -254,18 +259,20 @@ class VideoResultWriter:
     if not self._file.closed:
       self._file.write(']')
       self._file.close()
-      with zipfile.ZipFile(self.zip_path, 'w', zipfile.ZIP_DEFLATED) as z:
+      self._pending.close()
+      with io_utils.atomic_path(self.zip_path) as tmp, zipfile.ZipFile(tmp, 'w', zipfile.ZIP_DEFLATED) as z:
         z.write(self.json_path, arcname=RESULTS_JSON)
     return self.json_path, self.zip_path
 
   def __enter__(self) -> 'VideoResultWriter':
     return self
 
-  def __exit__(self, exc_type, *_) -> None:
+  def __exit__(self, exc_type, exc, traceback) -> None:
     if exc_type is None:
       self.close()
-    else:
-      self._file.close()  # Leave the partial results.json for inspection; no zip.
+    else:  # Drop the partial file; a previous results.json / results.zip stays as it was.
+      self._file.close()
+      self._pending.__exit__(exc_type, exc, traceback)
 
 
 def write_results(records: Sequence[Mapping], out_dir: str | os.PathLike, gt_or_videos=None) -> tuple[str, str]:

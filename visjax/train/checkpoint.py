@@ -13,6 +13,8 @@ from absl import logging
 import jax
 import orbax.checkpoint as ocp
 
+from visjax import errors
+
 _STATE = 'state'
 _DATA = 'data'
 
@@ -36,6 +38,13 @@ def from_saveable(tree: Any, like: Any) -> Any:
   return jax.tree.map(wrap, tree, like)
 
 
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """{dotted path: shape} of every array leaf of `tree` (arrays, ShapeDtypeStructs or orbax metadata)."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  name = lambda k: str(getattr(k, 'key', getattr(k, 'idx', getattr(k, 'name', k))))
+  return {'.'.join(name(k) for k in path): tuple(leaf.shape) for path, leaf in flat if hasattr(leaf, 'shape')}
+
+
 def abstract_saveable(abstract: Any) -> Any:
   """ShapeDtypeStructs (with shardings) of `to_saveable(abstract)`."""
   def one(x):
@@ -52,7 +61,8 @@ class Checkpointer:
   def __init__(self, directory: str, *, keep: int = 3):
     self.directory = os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
-    self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=(_STATE, _DATA))
+    handlers = {_STATE: ocp.StandardCheckpointHandler(), _DATA: ocp.JsonCheckpointHandler()}
+    self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -67,7 +77,12 @@ class Checkpointer:
     logging.info('Saved checkpoint %d to %s', step, self.directory)
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
-    """Restores step `step` onto the shardings of `abstract_state` (ShapeDtypeStructs with `.sharding`)."""
+    """Restores step `step` onto the shardings of `abstract_state` (ShapeDtypeStructs with `.sharding`).
+
+    Raises:
+      visjax.errors.UserError: the checkpoint holds another model (names the first differing parameter).
+    """
+    self._check_fits(step, abstract_state)
     args = ocp.args.Composite(**{
         _STATE: ocp.args.StandardRestore(abstract_saveable(abstract_state)),
         _DATA: ocp.args.JsonRestore(),
@@ -75,6 +90,21 @@ class Checkpointer:
     restored = self._manager.restore(step, args=args)
     state = from_saveable(restored[_STATE], abstract_state)
     return state, dict(restored[_DATA] or {})
+
+  def _check_fits(self, step: int, abstract_state: Any) -> None:
+    """Compares the saved tree's paths and shapes with `abstract_state` (cheap: metadata only)."""
+    saved = _shapes(self._manager.item_metadata(step)[_STATE])
+    wanted = _shapes(abstract_saveable(abstract_state))
+    problems = [f'{p} is {saved[p]} in the checkpoint, the config\'s model has {wanted[p]}'
+                for p in wanted if p in saved and saved[p] != wanted[p]]
+    problems += [f'{p} {wanted[p]} of the config\'s model is not in the checkpoint' for p in wanted if p not in saved]
+    problems += [f'{p} {saved[p]} of the checkpoint is not in the config\'s model' for p in saved if p not in wanted]
+    if problems:
+      problems.sort(key=lambda text: not text.startswith('params.'))  # The optimizer state mirrors the params.
+      raise errors.UserError(
+          f'{self.directory}/{step} was trained with another model config: {problems[0]} ({len(problems)} '
+          'differences). Resume with the config it was trained with, or start a new --workdir (add '
+          f'--config.init_from=... to start from other weights).')
 
   def close(self) -> None:
     self._manager.wait_until_finished()

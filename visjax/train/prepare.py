@@ -47,7 +47,7 @@ def _prepare_synthetic(d: ml_collections.ConfigDict) -> None:
   num_videos, seed = options.pop('num_videos'), options.pop('seed')
   if not all(os.path.exists(p) for p in jsons.values()):
     logging.info('Generating %d synthetic videos in %s', num_videos, d.root)
-    synthetic.generate(d.root, num_videos, seed, **options)
+    synthetic.generate(d.root, num_videos, seed, progress=True, **options)
   else:
     _check_same_generation(d.root, synthetic.generation_record(num_videos, seed, synthetic.Options(**options)))
   images = os.path.join(d.root, 'JPEGImages')

@@ -5,6 +5,7 @@ WORKDIR/converted, then `config.init_from` (a converted orbax directory or an of
 """
 
 import os
+import time
 
 from absl import logging
 from flax import nnx
@@ -12,6 +13,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from visjax import errors
 from visjax.models import registry
 from visjax.train import checkpoint as ckpt_lib
 from visjax.train import init_from
@@ -63,19 +65,33 @@ def load_model(config: ml_collections.ConfigDict, workdir: str) -> nnx.Module:
 def convert_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Ports `config.init_from` (official .pth/.npz/.safetensors) into WORKDIR/converted; returns that path.
 
+  The file is checked (exists, readable, known extension, torch installed for .pth) before anything is built, and
+  the model is built abstractly (`nnx.eval_shape`: no random init) unless `config.convert.allow_missing` /
+  `allow_shape_mismatch` waive variables, which then keep their random init.
+
   Raises:
     visjax.convert.ConversionError listing every missing / unexpected / mis-shaped key (nothing is written).
   """
   from visjax import convert  # pylint: disable=g-import-not-at-top
+  from visjax.convert import torch_ckpt  # pylint: disable=g-import-not-at-top
   if not config.init_from:
-    raise ValueError('--mode convert needs --config.init_from=PATH to an official checkpoint.')
-  if not os.path.isfile(config.init_from):
-    raise FileNotFoundError(f'config.init_from={config.init_from!r} is not a file.')
+    raise errors.UserError('--mode convert needs --config.init_from=PATH to an official checkpoint '
+                           f'({", ".join(torch_ckpt.EXTENSIONS)}).')
+  torch_ckpt.check_file(config.init_from)  # Before anything is built.
+  start = time.time()
   method = registry.get_method(config)
-  model = method.build_model(nnx.Rngs(config.seed))
+  allow = config.get('convert', ml_collections.ConfigDict())
+  keeps_init = bool(tuple(allow.get('allow_missing', ())) or tuple(allow.get('allow_shape_mismatch', ())))
+  build = lambda: method.build_model(nnx.Rngs(config.seed))
+  logging.info('[1/3] Building the %s model (%s)', config.method,
+               'random init: config.convert allows variables to keep it' if keeps_init else 'abstract, no init')
+  model = build() if keeps_init else nnx.eval_shape(build)
+  logging.info('[2/3] Reading and porting %s (%.1f MB)', config.init_from,
+               os.path.getsize(config.init_from) / 2**20)
   trainer.convert_official(config, method, model, config.init_from)
   out = os.path.join(workdir, trainer.CONVERTED_DIR)
+  logging.info('[3/3] Writing %s', out)
   os.makedirs(workdir, exist_ok=True)
   path = convert.save_converted(model, out, overwrite=True)
-  logging.info('Wrote converted checkpoint %s', path)
+  logging.info('Wrote converted checkpoint %s in %.1f s', path, time.time() - start)
   return path

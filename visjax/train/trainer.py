@@ -28,10 +28,13 @@ import ml_collections
 import numpy as np
 import optax
 
+from visjax import errors
+from visjax import io_utils
 from visjax.models import registry
 from visjax.train import checkpoint as ckpt_lib
 from visjax.train import mesh as mesh_lib
 from visjax.train import optim
+from visjax.train import preemption
 
 CHECKPOINT_DIR = 'checkpoints'
 CONVERTED_DIR = 'converted'  # orbax export written by --mode convert
@@ -197,7 +200,9 @@ class MetricLogger:
       return
     _truncate_log(self.path, start_step)
     import tensorboardX  # pylint: disable=g-import-not-at-top
-    self._writer = tensorboardX.SummaryWriter(os.path.join(workdir, 'logs'))
+    # purge_step: TensorBoard hides events at or after it left by a run that died past its last checkpoint.
+    self._writer = tensorboardX.SummaryWriter(os.path.join(workdir, 'logs'), purge_step=start_step + 1 if start_step
+                                              else None)
     import tqdm  # pylint: disable=g-import-not-at-top
     self._bar = tqdm.tqdm(total=num_steps, initial=start_step, unit='step', dynamic_ncols=True, smoothing=0.1)
 
@@ -251,7 +256,7 @@ def _truncate_log(path: str, start_step: int) -> None:
     if row['step'] <= start_step:
       kept.append(line if line.endswith('\n') else line + '\n')
   if kept != lines:
-    with open(path, 'w') as f:
+    with io_utils.atomic_write(path) as f:
       f.writelines(kept)
 
 
@@ -341,19 +346,23 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
       return host
 
     try:
-      for step in range(start + 1, num_steps + 1):
-        batch = mesh_lib.global_batch(next(iterator), mesh)
-        state, metrics = step_fn(state, batch)
+      with preemption.StopSignal(check_every=config.train.log_every) as stop:
+        for step in range(start + 1, num_steps + 1):
+          batch = mesh_lib.global_batch(next(iterator), mesh)
+          state, metrics = step_fn(state, batch)
+          if pending is not None:
+            last = finish(pending)
+          pending = (step, metrics)
+          stopping = stop.should_stop(step)
+          if step % ckpt_every == 0 or step == num_steps or stopping:
+            last = finish(pending)
+            pending = None
+            checkpointer.save(step, state, _all_data_states(iterator.get_state()))
+            last_good = step
+          if stopping:
+            raise errors.Preempted(stop.received, step, checkpointer.directory)
         if pending is not None:
           last = finish(pending)
-        pending = (step, metrics)
-        if step % ckpt_every == 0 or step == num_steps:
-          last = finish(pending)
-          pending = None
-          checkpointer.save(step, state, _all_data_states(iterator.get_state()))
-          last_good = step
-      if pending is not None:
-        last = finish(pending)
     finally:
       logger.close()
       checkpointer.close()
