@@ -11,7 +11,6 @@ class scores, best category, score and per-frame RLE (`None` where absent). Trac
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Iterator
 
@@ -22,6 +21,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 import tqdm
 
+from visjax import io_utils
 from visjax import visualize
 from visjax.inference import predictor as predictor_lib
 from visjax.inference import tracks as tracks_lib
@@ -152,7 +152,7 @@ def predict(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
   visualize.write_video(visualize.overlay_video(frames, masks, labels), out, fps=config.predict.get('fps', 6.0))
   stem = os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
   tracks_path = os.path.join(workdir, f'tracks_{stem}.json')
-  with open(tracks_path, 'w') as f:
-    json.dump({'input': path, 'num_frames': int(len(frames)), 'height': int(h), 'width': int(w), 'tracks': rows}, f)
+  io_utils.write_json(tracks_path, {'input': path, 'num_frames': int(len(frames)), 'height': int(h), 'width': int(w),
+                                    'tracks': rows})
   logging.info('Wrote %s (%d tracks) and %s', out, len(rows), tracks_path)
   return {'overlay': out, 'tracks': tracks_path}

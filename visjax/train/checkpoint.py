@@ -91,14 +91,28 @@ class Checkpointer:
     state = from_saveable(restored[_STATE], abstract_state)
     return state, dict(restored[_DATA] or {})
 
-  def _check_fits(self, step: int, abstract_state: Any) -> None:
-    """Compares the saved tree's paths and shapes with `abstract_state` (cheap: metadata only)."""
+  def restore_model_state(self, step: int, abstract_state: Any) -> tuple[Any, Any]:
+    """(params, rest) of step `step` onto the shardings of `abstract_state` (a train state's abstract tree): a
+    partial read for eval and predict, the optimizer state is never loaded."""
+    wanted = {'params': abstract_state['params'], 'rest': abstract_saveable(abstract_state['rest'])}
+    self._check_fits(step, wanted, partial=True)
+    restored = ocp.PyTreeCheckpointer().restore(
+        os.path.join(self.directory, str(step), _STATE),
+        args=ocp.args.PyTreeRestore(item=wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
+                                    partial_restore=True))
+    return restored['params'], from_saveable(restored['rest'], abstract_state['rest'])
+
+  def _check_fits(self, step: int, abstract_state: Any, partial: bool = False) -> None:
+    """Compares the saved tree's paths and shapes with `abstract_state` (cheap: metadata only); `partial`: only
+    the paths of `abstract_state` are compared."""
     saved = _shapes(self._manager.item_metadata(step)[_STATE])
     wanted = _shapes(abstract_saveable(abstract_state))
     problems = [f'{p} is {saved[p]} in the checkpoint, the config\'s model has {wanted[p]}'
                 for p in wanted if p in saved and saved[p] != wanted[p]]
     problems += [f'{p} {wanted[p]} of the config\'s model is not in the checkpoint' for p in wanted if p not in saved]
-    problems += [f'{p} {saved[p]} of the checkpoint is not in the config\'s model' for p in saved if p not in wanted]
+    if not partial:
+      problems += [f'{p} {saved[p]} of the checkpoint is not in the config\'s model' for p in saved
+                   if p not in wanted]
     if problems:
       problems.sort(key=lambda text: not text.startswith('params.'))  # The optimizer state mirrors the params.
       raise errors.UserError(

@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
+from visjax import io_utils
 from visjax.evaluation import results as results_lib
 from visjax.evaluation import ytvis
 from visjax.inference import predictor as predictor_lib
@@ -84,8 +85,7 @@ def _gather(workdir: str, records: list[dict], video_ids: list[int]) -> tuple[li
     return records, video_ids
   parts = os.path.join(workdir, _PARTS)
   os.makedirs(parts, exist_ok=True)
-  with open(os.path.join(parts, f'{jax.process_index()}.json'), 'w') as f:
-    json.dump({'records': records, 'video_ids': video_ids}, f)
+  io_utils.write_json(os.path.join(parts, f'{jax.process_index()}.json'), {'records': records, 'video_ids': video_ids})
   multihost_utils.sync_global_devices('visjax_eval_parts_written')
   if jax.process_index() != 0:
     return [], []
@@ -134,7 +134,6 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, model: nnx.Module 
   acc = ytvis.accumulate(gt, records)
   metrics: dict[str, Any] = dict(ytvis.summarize(acc))
   metrics['per_category_AP'] = ytvis.per_category_ap(acc)
-  with open(os.path.join(workdir, METRICS_JSON), 'w') as f:
-    json.dump(metrics, f, indent=1)
+  io_utils.write_json(os.path.join(workdir, METRICS_JSON), metrics, indent=1)
   logging.info('Eval metrics: %s', {k: v for k, v in metrics.items() if k != 'per_category_AP'})
   return metrics

@@ -11,7 +11,6 @@ from absl import logging
 from flax import nnx
 import jax
 import ml_collections
-import orbax.checkpoint as ocp
 
 from visjax import errors
 from visjax.models import registry
@@ -45,14 +44,10 @@ def load_model(config: ml_collections.ConfigDict, workdir: str) -> nnx.Module:
   mesh = mesh_lib.create_mesh(config)
   with jax.set_mesh(mesh):
     setup = trainer.build_setup(config, method, mesh)
-    item = init_from.training_checkpoint(workdir)
-    if item is not None:  # parameters and model state only: the optimizer state is never read
-      abstract = {'params': setup.abstract_state['params'],
-                  'rest': ckpt_lib.abstract_saveable(setup.abstract_state['rest'])}
-      restored = ocp.PyTreeCheckpointer().restore(item, args=ocp.args.PyTreeRestore(
-          item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract), partial_restore=True))
-      params = restored['params']
-      rest = ckpt_lib.from_saveable(restored['rest'], setup.abstract_state['rest'])
+    if init_from.training_checkpoint(workdir) is not None:  # parameters and model state only
+      checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, trainer.CHECKPOINT_DIR))
+      params, rest = checkpointer.restore_model_state(checkpointer.latest_step(), setup.abstract_state)
+      checkpointer.close()
     else:
       state = setup.init_fn()
       converted = os.path.join(workdir, trainer.CONVERTED_DIR)
