@@ -1,0 +1,158 @@
+"""VITA module and whole VITA model (visjax/models/vita/model.py) vs the torch reference with the official key
+names (tests/torch_refs/vita_ref.py), loaded through visjax/convert/rules_vita.py: every layer's outputs, plain
+and shifted windows, T not a multiple of the window (padded frames), training and test forwards."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from visjax import convert
+from visjax.convert import rules_vita
+from visjax.models.vita import model as vita_model
+
+pytestmark = pytest.mark.torch
+torch = pytest.importorskip('torch')
+from torch_refs import mask2former_ref, resnet_refs, vita_ref  # pylint: disable=g-import-not-at-top
+from torch_refs.parity import rel_err  # pylint: disable=g-import-not-at-top
+
+C, FQ, CQ, K, HEADS, MASK_DIM = 32, 4, 6, 5, 2, 16
+MODULE = dict(num_classes=K, hidden_dim=C, num_frame_queries=FQ, num_queries=CQ, nheads=HEADS, dim_feedforward=48,
+              enc_layers=4, dec_layers=3, enc_window_size=6, conv_dim=C, mask_dim=MASK_DIM)
+
+
+def _state(module):
+  return {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
+
+
+@pytest.fixture(scope='module')
+def module_pair():
+  torch.manual_seed(0)
+  ref = mask2former_ref.randomize_(vita_ref.VITA(**MODULE), seed=1)
+  model = nnx.eval_shape(lambda: vita_model.VITAModule(**MODULE, rngs=nnx.Rngs(0)))
+  report = convert.convert(_state(ref), model, rules_vita.vita_module_rules('', ''))
+  assert report.ok and {k for k, _ in report.loaded} == set(ref.state_dict())
+  return ref, model
+
+
+def _compare_module(ref, model, frame_query, num_frames, train):
+  """frame_query: numpy [L, B*T, fQ, C] as the official input (all layers; eval keeps the last)."""
+  ref.train(train)
+  with torch.no_grad():
+    expected = {k: v.numpy() for k, v in ref(torch.from_numpy(frame_query), num_frames).items()}
+  l = frame_query.shape[0] if train else 1
+  b = frame_query.shape[1] // num_frames
+  x = frame_query[-l:].reshape(l, b, num_frames, FQ, C)
+  got = nnx.jit(lambda m, x: m(x, train=train, intermediates=True), static_argnums=())(model, jnp.asarray(x))
+  e, lb, t = expected['encoder'].shape[0], l * b, num_frames
+  expected['encoder'] = expected['encoder'].transpose(0, 3, 1, 2, 4).reshape(e, l, b, t, FQ, C)
+  errors = {}
+  for key, value in expected.items():
+    assert got[key].shape == value.shape, (key, got[key].shape, value.shape)
+    per_layer = [rel_err(g, v) for g, v in zip(np.asarray(got[key]), value)]
+    errors[key] = max(per_layer)
+    assert errors[key] <= 1e-4, (key, per_layer)
+  return errors
+
+
+@pytest.mark.parametrize('num_frames', [5, 8, 14])
+def test_module_test_mode_shifted_windows(module_pair, num_frames):
+  """Test forward (even layers plain, odd layers shifted windows); 8 and 14 frames pad to 12 / 18 (2 / 3 windows)."""
+  ref, model = module_pair
+  fq = np.random.default_rng(num_frames).normal(size=(3, num_frames, FQ, C)).astype(np.float32)
+  _compare_module(ref, model, fq, num_frames, train=False)
+
+
+def test_module_train_mode(module_pair):
+  """Training forward: 3 frame-decoder layers x 2 clips as 6 batch entries, plain windows in every layer."""
+  ref, model = module_pair
+  fq = np.random.default_rng(0).normal(size=(3, 2 * 5, FQ, C)).astype(np.float32)
+  _compare_module(ref, model, fq, 5, train=True)
+
+
+def test_shifted_window_mask_groups():
+  """T=5, W=6: rolled by 3, frames {3, 4} and {0, 1, 2} form two groups; the padded frame is blocked."""
+  bias = vita_model.shifted_window_bias(5, 6, 1)[0]
+  blocked = bias < 0
+  # Rolled order: [3, 4, pad, 0, 1, 2]; the pad is at rolled index 2.
+  assert not blocked[0, 1] and not blocked[3, 5]
+  assert blocked[0, 3] and blocked[4, 1]
+  assert blocked[2].all() and blocked[:, 2].all()
+  assert set(np.unique(bias)) == {0., -1000.}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Whole model.
+
+B_IMG, H, W = 2, 64, 96
+SIZES = ((64, 96), (50, 70), (64, 80))  # per frame (cycled)
+
+
+def _config():
+  c = vita_model.default_model_config()
+  c.update(backbone_depth=18, num_classes=K, conv_dim=C, mask_dim=MASK_DIM, pixel_decoder_enc_layers=1,
+           enc_n_points=2, hidden_dim=C, num_frame_queries=FQ, nheads=HEADS, dim_feedforward=48, dec_layers=5)
+  c.vita.update(enc_layers=2, dec_layers=2, nheads=HEADS, dim_feedforward=48, hidden_dim=C, num_queries=CQ)
+  return c
+
+
+def _torch_vita():
+  torch.manual_seed(0)
+  backbone = resnet_refs.randomize_(resnet_refs.D2ResNet(18))
+  pix = mask2former_ref.MSDeformAttnPixelDecoder((64, 128, 256, 512), C, MASK_DIM, nheads=HEADS, enc_layers=1,
+                                                 n_points=2)
+  pred = mask2former_ref.VitaMultiScaleMaskedTransformerDecoder(C, K, FQ, HEADS, 48, 4, MASK_DIM)
+  head = mask2former_ref.randomize_(mask2former_ref.MaskFormerHead(pix, pred), seed=2)
+  module = mask2former_ref.randomize_(
+      vita_ref.VITA(K, C, FQ, CQ, HEADS, 48, enc_layers=2, dec_layers=2, conv_dim=C, mask_dim=MASK_DIM), seed=3)
+  return vita_ref.Vita(backbone, head, module).eval()
+
+
+@pytest.fixture(scope='module')
+def model_pair():
+  ref = _torch_vita()
+  state = _state(ref)
+  state['criterion.empty_weight'] = np.ones(K + 1, np.float32)
+  state['vita_criterion.empty_weight'] = np.ones(K + 1, np.float32)
+  model = nnx.eval_shape(lambda: vita_model.VITA(_config(), rngs=nnx.Rngs(0)))
+  report = rules_vita.convert_checkpoint({'model': state}, model, _config())
+  assert report.ok and not report.allowed_missing
+  assert set(report.dropped) == {'criterion.empty_weight', 'vita_criterion.empty_weight'}
+  assert {k for k, _ in report.loaded} | set(report.dropped) == set(state)
+  return ref, model
+
+
+def _inputs(b, t, seed):
+  rng = np.random.default_rng(seed)
+  images = rng.integers(0, 256, size=(b, t, H, W, 3), dtype=np.uint8)
+  sizes = np.asarray([[SIZES[(i * t + j) % 3] for j in range(t)] for i in range(b)], np.int32)
+  normalised = np.zeros((b * t, 3, H, W), np.float32)
+  for n, (img, (h, w)) in enumerate(zip(images.reshape(b * t, H, W, 3), sizes.reshape(-1, 2))):
+    crop = (img[:h, :w].astype(np.float32) - vita_model.PIXEL_MEAN) / vita_model.PIXEL_STD
+    normalised[n, :, :h, :w] = crop.transpose(2, 0, 1)
+  return images, sizes, normalised
+
+
+@pytest.mark.parametrize('train', [False, True])
+def test_whole_model_matches(model_pair, train):
+  ref, model = model_pair
+  b, t = (1, 7) if not train else (B_IMG, 3)
+  images, sizes, normalised = _inputs(b, t, seed=int(train))
+  ref.train(train)
+  with torch.no_grad():
+    expected = ref(torch.from_numpy(normalised), t)
+  ref.eval()
+  got = nnx.jit(lambda m, x, s: m(x, s, train=train))(model, jnp.asarray(images), jnp.asarray(sizes))
+  frame, video = got['frame'], got['video']
+  pairs = [(frame['pred_logits'], expected['frame_logits']), (frame['pred_masks'], expected['frame_masks']),
+           (frame['frame_queries'], expected['frame_queries']),
+           (frame['vita_mask_features'], expected['vita_mask_features'].permute(0, 2, 3, 1))]
+  pairs += [(video[k], expected['video'][k]) for k in ('pred_logits', 'pred_mask_embed', 'pred_cq_embed',
+                                                      'pred_fq_embed', 'pred_masks')]
+  for got_value, ref_value in pairs:
+    ref_value = ref_value.numpy()
+    assert got_value.shape == ref_value.shape, (got_value.shape, ref_value.shape)
+    for layer in range(ref_value.shape[0]):
+      assert rel_err(got_value[layer], ref_value[layer]) <= 1e-4
+  assert video['pred_masks'].shape == (2, 3 if train else 1, b, CQ, t, H // 4, W // 4)
+  assert np.std(expected['video']['pred_masks'].numpy()) > 0.05
