@@ -85,13 +85,15 @@ def test_vita_loss_jits_with_gradients_and_padded_instances():
   outputs = jax.tree.map(jnp.asarray, _outputs(rng))
 
   def loss(o, b):
-    return vita_criterion.vita_loss(o, b, rng=jax.random.key(0), s=_settings())[0]
+    return vita_criterion.vita_loss(o, b, rng=jax.random.key(0), s=_settings())
 
-  value, grads = jax.jit(jax.value_and_grad(loss))(outputs, batch)
+  run = jax.jit(jax.value_and_grad(loss, has_aux=True))
+  (value, _), grads = run(outputs, batch)
   assert np.isfinite(float(value))
   assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+  assert float(np.abs(grads['video']['pred_fq_embed']).sum()) > 0  # the similarity loss reaches the embeddings
   empty = dict(batch, present=jnp.zeros_like(batch['present']), instance_valid=jnp.zeros_like(batch['instance_valid']))
-  value, losses = jax.jit(lambda o, b: vita_criterion.vita_loss(o, b, rng=jax.random.key(0), s=_settings()))(
-      outputs, empty)
+  (value, losses), grads = run(outputs, empty)  # same shapes: no recompilation
   assert np.isfinite(float(value)) and float(losses['loss_mask']) == 0. and float(losses['loss_vita_sim']) == 0.
   assert float(losses['loss_ce']) > 0.  # every query is trained to no-object
+  assert float(np.abs(grads['frame']['pred_masks']).sum()) == 0.
