@@ -2,6 +2,7 @@
 names (tests/torch_refs/vita_ref.py), loaded through visjax/convert/rules_vita.py: every layer's outputs, plain
 and shifted windows, T not a multiple of the window (padded frames), training and test forwards."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -156,3 +157,31 @@ def test_whole_model_matches(model_pair, train):
       assert rel_err(got_value[layer], ref_value[layer]) <= 1e-4
   assert video['pred_masks'].shape == (2, 3 if train else 1, b, CQ, t, H // 4, W // 4)
   assert np.std(expected['video']['pred_masks'].numpy()) > 0.05
+
+
+@pytest.mark.slow
+def test_training_step_gradients(model_pair):
+  """Model + loss in one jitted value_and_grad over the parameters (batch in the docs/INTERFACES.md §1 format):
+  finite loss, gradients in every trainable part (backbone, pixel decoder, frame decoder, VITA module)."""
+  from visjax.models.vita import criterion as vita_criterion  # pylint: disable=g-import-not-at-top
+  _, model = model_pair
+  b, t, n = 1, 3, 2
+  images, sizes, _ = _inputs(b, t, seed=2)
+  masks = np.zeros((b, t, n, H, W), np.uint8)
+  masks[0, :, 0, 10:30, 20:50] = 1
+  masks[0, 1:, 1, 40:50, 5:25] = 1
+  batch = dict(image=images, image_size=sizes, masks=masks, present=masks.any(axis=(-2, -1)),
+               labels=np.asarray([[1, 4]], np.int32), instance_valid=np.ones((b, n), bool))
+  settings = vita_criterion.LossSettings(num_classes=K, num_points=64)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  def loss(p, batch):
+    m = nnx.merge(graphdef, p, rest)
+    out = m(batch['image'], batch['image_size'], train=True)
+    return vita_criterion.vita_loss(out, batch, rng=jax.random.key(0), s=settings)
+
+  (value, losses), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params, jax.tree.map(jnp.asarray, batch))
+  assert np.isfinite(float(value)) and len(losses) == 3 * 5 + 3 * 2 + 1
+  norms = {k: sum(float(jnp.sum(g ** 2)) for g in jax.tree.leaves(grads[k])) for k in ('sem_seg_head', 'vita_module')}
+  norms['backbone'] = sum(float(jnp.sum(g ** 2)) for g in jax.tree.leaves(grads['backbone']))
+  assert all(np.isfinite(v) and v > 0 for v in norms.values()), norms
