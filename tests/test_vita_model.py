@@ -52,7 +52,7 @@ def _compare_module(ref, model, frame_query, num_frames, train):
     assert got[key].shape == value.shape, (key, got[key].shape, value.shape)
     per_layer = [rel_err(g, v) for g, v in zip(np.asarray(got[key]), value)]
     errors[key] = max(per_layer)
-    assert errors[key] <= 1e-4, (key, per_layer)
+    assert errors[key] <= 1e-5, (key, per_layer)
   return errors
 
 
@@ -154,7 +154,7 @@ def test_whole_model_matches(model_pair, train):
     ref_value = ref_value.numpy()
     assert got_value.shape == ref_value.shape, (got_value.shape, ref_value.shape)
     for layer in range(ref_value.shape[0]):
-      assert rel_err(got_value[layer], ref_value[layer]) <= 1e-4
+      assert rel_err(got_value[layer], ref_value[layer]) <= 1e-5
   assert video['pred_masks'].shape == (2, 3 if train else 1, b, CQ, t, H // 4, W // 4)
   assert np.std(expected['video']['pred_masks'].numpy()) > 0.05
 
