@@ -14,7 +14,7 @@ from visjax.models.vita import model as vita_model
 
 pytestmark = pytest.mark.torch
 torch = pytest.importorskip('torch')
-from torch_refs import mask2former_ref, resnet_refs, vita_ref  # pylint: disable=g-import-not-at-top
+from torch_refs import mask2former_ref, resnet_refs, swin_ref, vita_ref  # pylint: disable=g-import-not-at-top
 from torch_refs.parity import rel_err  # pylint: disable=g-import-not-at-top
 
 C, FQ, CQ, K, HEADS, MASK_DIM = 32, 4, 6, 5, 2, 16
@@ -89,24 +89,31 @@ B_IMG, H, W = 2, 64, 96
 SIZES = ((64, 96), (50, 70), (64, 80))  # per frame (cycled)
 
 
-def _config():
+TINY_SWIN = dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=7)  # 16 x 24 patches
+
+
+def _config(backbone='resnet'):
   c = vita_model.default_model_config()
+  c.backbone = backbone
+  c.swin.update(TINY_SWIN)
   c.update(backbone_depth=18, num_classes=K, conv_dim=C, mask_dim=MASK_DIM, pixel_decoder_enc_layers=1,
            enc_n_points=2, hidden_dim=C, num_frame_queries=FQ, nheads=HEADS, dim_feedforward=48, dec_layers=5)
   c.vita.update(enc_layers=2, dec_layers=2, nheads=HEADS, dim_feedforward=48, hidden_dim=C, num_queries=CQ)
   return c
 
 
-def _torch_vita():
+def _torch_vita(backbone='resnet'):
   torch.manual_seed(0)
-  backbone = resnet_refs.randomize_(resnet_refs.D2ResNet(18))
-  pix = mask2former_ref.MSDeformAttnPixelDecoder((64, 128, 256, 512), C, MASK_DIM, nheads=HEADS, enc_layers=1,
-                                                 n_points=2)
+  if backbone == 'resnet':
+    net, channels = resnet_refs.randomize_(resnet_refs.D2ResNet(18)), (64, 128, 256, 512)
+  else:
+    net, channels = swin_ref.randomize_(swin_ref.D2SwinTransformer(**TINY_SWIN), seed=3), (32, 64, 128, 256)
+  pix = mask2former_ref.MSDeformAttnPixelDecoder(channels, C, MASK_DIM, nheads=HEADS, enc_layers=1, n_points=2)
   pred = mask2former_ref.VitaMultiScaleMaskedTransformerDecoder(C, K, FQ, HEADS, 48, 4, MASK_DIM)
   head = mask2former_ref.randomize_(mask2former_ref.MaskFormerHead(pix, pred), seed=2)
   module = mask2former_ref.randomize_(
       vita_ref.VITA(K, C, FQ, CQ, HEADS, 48, enc_layers=2, dec_layers=2, conv_dim=C, mask_dim=MASK_DIM), seed=3)
-  return vita_ref.Vita(backbone, head, module).eval()
+  return vita_ref.Vita(net, head, module).eval()
 
 
 @pytest.fixture(scope='module')
@@ -134,9 +141,7 @@ def _inputs(b, t, seed):
   return images, sizes, normalised
 
 
-@pytest.mark.parametrize('train', [False, True])
-def test_whole_model_matches(model_pair, train):
-  ref, model = model_pair
+def _compare_whole(ref, model, train):
   b, t = (1, 7) if not train else (B_IMG, 3)
   images, sizes, normalised = _inputs(b, t, seed=int(train))
   ref.train(train)
@@ -157,6 +162,21 @@ def test_whole_model_matches(model_pair, train):
       assert rel_err(got_value[layer], ref_value[layer]) <= 1e-5
   assert video['pred_masks'].shape == (2, 3 if train else 1, b, CQ, t, H // 4, W // 4)
   assert np.std(expected['video']['pred_masks'].numpy()) > 0.05
+
+
+@pytest.mark.parametrize('train', [False, True])
+def test_whole_model_matches(model_pair, train):
+  _compare_whole(*model_pair, train)
+
+
+@pytest.mark.slow
+def test_whole_model_swin_backbone():
+  """Swin backbone (all four outputs through their norm{i}; patch grid not a multiple of the window)."""
+  ref = _torch_vita('swin')
+  model = vita_model.VITA(_config('swin'), rngs=nnx.Rngs(0))
+  report = rules_vita.convert_checkpoint(_state(ref), model, _config('swin'))
+  assert report.ok and len([k for k in report.dropped if k.endswith('relative_position_index')]) == 8
+  _compare_whole(ref, model, train=False)
 
 
 @pytest.mark.slow
