@@ -97,3 +97,9 @@ def test_vita_loss_jits_with_gradients_and_padded_instances():
   assert np.isfinite(float(value)) and float(losses['loss_mask']) == 0. and float(losses['loss_vita_sim']) == 0.
   assert float(losses['loss_ce']) > 0.  # every query is trained to no-object
   assert float(np.abs(grads['frame']['pred_masks']).sum()) == 0.
+
+
+def test_settings_from_config():
+  from visjax.models.vita import model as vita_model  # pylint: disable=g-import-not-at-top
+  s = vita_criterion.LossSettings.from_config(vita_model.default_model_config(), vita_model.default_loss_config())
+  assert s == vita_criterion.LossSettings(num_classes=40)

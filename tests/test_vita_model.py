@@ -148,8 +148,14 @@ def _compare_whole(ref, model, train):
   with torch.no_grad():
     expected = ref(torch.from_numpy(normalised), t)
   ref.eval()
-  got = nnx.jit(lambda m, x, s: m(x, s, train=train))(model, jnp.asarray(images), jnp.asarray(sizes))
+  got = nnx.jit(lambda m, x, s: m(x, s, train=train, intermediates=True))(model, jnp.asarray(images),
+                                                                          jnp.asarray(sizes))
   frame, video = got['frame'], got['video']
+  for level, (g, e) in enumerate(zip(frame['pixel_decoder'], expected['pixel_decoder'], strict=True)):
+    assert rel_err(g, e.permute(0, 2, 3, 1).numpy()) <= 1e-5, level
+  e = expected['video']['encoder'].numpy()
+  e = e.transpose(0, 3, 1, 2, 4).reshape(video['encoder'].shape)
+  assert rel_err(video['encoder'], e) <= 1e-5
   pairs = [(frame['pred_logits'], expected['frame_logits']), (frame['pred_masks'], expected['frame_masks']),
            (frame['frame_queries'], expected['frame_queries']),
            (frame['vita_mask_features'], expected['vita_mask_features'].permute(0, 2, 3, 1))]

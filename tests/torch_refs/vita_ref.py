@@ -135,7 +135,7 @@ class Vita(nn.Module):
   def forward(self, images, num_frames):
     feats = self.backbone(images)
     feats = [feats[k] for k in ('res2', 'res3', 'res4', 'res5')]
-    (logits, masks, frame_queries), (_, clip_mask_features, _) = self.sem_seg_head(feats)
+    (logits, masks, frame_queries), (_, clip_mask_features, pixel_out) = self.sem_seg_head(feats)
     num = self.last_layer_num if self.training else 1
     vita_mask_features = self.vita_module.vita_mask_features(clip_mask_features)
     out = self.vita_module(frame_queries[-num:], num_frames)
@@ -143,4 +143,4 @@ class Vita(nn.Module):
     mf = vita_mask_features.view(b, num_frames, *vita_mask_features.shape[-3:])
     out['pred_masks'] = torch.einsum('dlbqc,btchw->dlbqthw', out['pred_mask_embed'], mf)
     return {'frame_logits': logits, 'frame_masks': masks, 'frame_queries': frame_queries,
-            'vita_mask_features': vita_mask_features, 'video': out}
+            'vita_mask_features': vita_mask_features, 'pixel_decoder': pixel_out, 'video': out}

@@ -295,7 +295,8 @@ class VITA(nnx.Module):
     dtype = jnp.dtype(config.train.get('compute_dtype', 'float32'))
     return cls(config.model, dtype=None if dtype == jnp.float32 else dtype, rngs=rngs)
 
-  def frame_forward(self, images: jax.Array, image_size: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
+  def frame_forward(self, images: jax.Array, image_size: jax.Array, *, train: bool = False,
+                    intermediates: bool = False) -> dict[str, Any]:
     """The per-frame detector (backbone, pixel decoder, frame decoder) and the video mask features.
 
     Args:
@@ -303,6 +304,7 @@ class VITA(nnx.Module):
         `size_divisibility` after normalisation, as detectron2's ImageList).
       image_size: int `[N, 2]` unpadded `(h, w)`.
       train: Swin drop path on.
+      intermediates: also return `pixel_decoder`, the list of every pixel-decoder map (coarsest first).
 
     Returns:
       `pred_logits [Ldec+1, N, fQ, K+1]`, `pred_masks [Ldec+1, N, fQ, Hp/4, Wp/4]`, `frame_queries
@@ -323,15 +325,20 @@ class VITA(nnx.Module):
     out = {k: v.astype(jnp.float32) for k, v in out.items()}
     out['vita_mask_features'] = self.vita_module.vita_mask_features(
         pix['clip_mask_features'].astype(self.dtype or jnp.float32)).astype(jnp.float32)
+    if intermediates:
+      out['pixel_decoder'] = pix['out']
     return out
 
-  def __call__(self, images: jax.Array, image_size: jax.Array, *, train: bool = False) -> dict[str, Any]:
+  def __call__(self, images: jax.Array, image_size: jax.Array, *, train: bool = False,
+               intermediates: bool = False) -> dict[str, Any]:
     """Runs frames and VITA on a batch of clips.
 
     Args:
       images: `[B, T, H, W, 3]` RGB 0..255; image_size: int `[B, T, 2]`.
       train: the training forward: VITA reads the last `last_layer_num` frame-decoder layers (as extra batch
         entries) and uses plain windows; otherwise the last layer and alternating plain / shifted windows.
+      intermediates: also return `frame['pixel_decoder']` (every pixel-decoder map, coarsest first) and
+        `video['encoder']` (every object-encoder layer's output).
 
     Returns:
       `frame`: `frame_forward` outputs with the frame axis `B*T` (clip-major); `video`: the VITA module outputs
@@ -340,11 +347,12 @@ class VITA(nnx.Module):
     """
     b, t = images.shape[:2]
     frame = self.frame_forward(images.reshape((b * t,) + images.shape[2:]), image_size.reshape(b * t, 2),
-                               train=train)
+                               train=train, intermediates=intermediates)
     num = self.last_layer_num if train else 1
     fq = frame['frame_queries'][-num:]
     fq = fq.reshape((num, b, t) + fq.shape[2:]).astype(self.dtype or jnp.float32)
-    video = {k: v.astype(jnp.float32) for k, v in self.vita_module(fq, train=train).items()}
+    video = self.vita_module(fq, train=train, intermediates=intermediates)
+    video = {k: v.astype(jnp.float32) for k, v in video.items()}
     mask_features = frame['vita_mask_features'].reshape((b, t) + frame['vita_mask_features'].shape[1:])
     video['pred_masks'] = jnp.einsum('dlbqc,bthwc->dlbqthw', video['pred_mask_embed'], mask_features)
     return {'frame': frame, 'video': video}
