@@ -22,6 +22,7 @@ from scipy.optimize import linear_sum_assignment
 from visjax import matching
 from visjax.evaluation import results as results_lib
 from visjax.models.idol import criterion
+from visjax.inference import postprocess
 from visjax.models.idol import tracker as tracker_lib
 
 
@@ -103,7 +104,7 @@ def main():
   state = {'frame': 0}
 
   def host_frame():
-    keep, ids = tr.match(probs.max(1), probs.argmax(1), tracker_lib.sigmoid(mask_logits) > 0.5, embeds,
+    keep, ids = tr.match(probs.max(1), probs.argmax(1), postprocess.sigmoid(mask_logits) > 0.5, embeds,
                          state['frame'])
     state['frame'] += 1
     final = np.asarray(tracker_lib.final_masks(mask_logits[keep][ids >= 0], image_size=(480, 864),

@@ -17,8 +17,12 @@ import os
 import resource
 import time
 
+import ml_collections
+
+from configs import input_recipes
 from data_pipeline import convert
 from data_pipeline import input as input_lib
+from data_pipeline import samplers
 from data_pipeline import synthetic
 
 SETTINGS = {
@@ -89,10 +93,14 @@ def main() -> None:
 
   for method in args.methods.split(','):
     settings = SETTINGS[method]
-    spec = input_lib.TrainSpec(root=out, method=method, batch_size=args.batch_size,
-                               max_instances=args.max_instances, min_sizes=settings['min_sizes'],
-                               max_size=settings['max_size'], clip_len=settings['clip_len'], seed=0,
-                               shuffle_buffer=16, prefetch=2)
+    recipe = ml_collections.ConfigDict({'input': {}})
+    getattr(input_recipes, method)(recipe)
+    recipe.input.sampler.clip_len = settings['clip_len']
+    spec = input_lib.TrainSpec(root=out, sampler=samplers.make_sampler(recipe.input.sampler),
+                               batch_size=args.batch_size, max_instances=args.max_instances,
+                               min_sizes=settings['min_sizes'], max_size=settings['max_size'], seed=0,
+                               shuffle_buffer=16, prefetch=2, augment=recipe.input.augment.to_dict(),
+                               augment_pseudo=recipe.input.augment_pseudo.to_dict())
     it = input_lib.TrainIterator(spec)
     wall = time.time()
     next(it)

@@ -8,7 +8,8 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.method = ''
-  c.init_from = ''  # path to an official .pth/.npz or an orbax checkpoint
+  c.init_from = ''  # path to an official .pth/.npz, a converted orbax directory, or a visjax training run's workdir
+  c.init_reinit = ()  # regexes of parameter paths left at init when loading init_from (e.g. class heads)
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # -1: all remaining devices
@@ -31,19 +32,21 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.category_ids = ()  # contiguous index -> json category_id, filled from the manifest
   c.dataset.category_names = ()  # contiguous index -> name (labels in predict overlays)
 
+  # Method-neutral input settings; each method's common config sets its official sizes and its clip sampler /
+  # augmentation recipe (`input.sampler`, `input.augment`, `input.augment_pseudo`: configs/input_recipes.py).
   c.input = ml_collections.ConfigDict()
-  c.input.batch_size = 32  # global clips per step
-  c.input.clip_len = 2
+  c.input.batch_size = 8  # global clips per step
   c.input.max_instances = 16
-  c.input.min_size_train = (320, 352, 392, 416, 448, 480, 512, 544, 576, 608, 640)
-  c.input.max_size_train = 768
+  c.input.min_size_train = (480,)
+  c.input.max_size_train = 800
   c.input.min_size_test = 480
-  c.input.max_size_test = 1333
+  c.input.max_size_test = 800
+  c.input.test_fixed_size = ()  # (h, w): resize every test frame to exactly this size instead
   c.input.size_divisibility = 32
   c.input.size_buckets = ()  # ((H, W), ...) static padded sizes; empty = derived from max sizes
   c.input.shuffle_buffer = 256
   c.input.prefetch = 2
-  c.input.source = 'data_pipeline.input'  # module with make_train_iterator(config, pid, n) and eval_videos(...)
+  c.input.source = 'data_pipeline.input'  # module with make_train_iterator(config, pid, n) and eval_video_chunks(...)
 
   # Method-neutral defaults (plain AdamW, constant lr, no clipping); each method config sets its official recipe.
   c.train = ml_collections.ConfigDict()
@@ -71,6 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.split = 'valid'
   c.eval.max_videos = -1
+  c.eval.chunk_len = 32  # frames decoded and fed to the predictor at a time (bounded memory for long videos)
 
   c.predict = ml_collections.ConfigDict()
   c.predict.input = ''

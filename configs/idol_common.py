@@ -11,6 +11,7 @@ import dataclasses
 import ml_collections
 
 from configs import common
+from configs import input_recipes
 from visjax.models.backbones import swin
 from visjax.models.idol import model as idol_model
 
@@ -76,8 +77,7 @@ def idol_config(num_classes: int) -> ml_collections.ConfigDict:
   c.tracker.filter_min_seen = 3
 
   c.input.batch_size = 32
-  c.input.clip_len = 2  # key + reference frame
-  c.input.sampling_frame_range = 10
+  input_recipes.idol(c)  # key + reference frame within +-10; crop p=.5, resize and flip per clip
   c.input.min_size_train = (320, 352, 392, 416, 448, 480, 512, 544, 576, 608, 640)
   c.input.max_size_train = 768
   c.input.min_size_test = 480

@@ -43,7 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.input.max_size_test = 160
   c.input.size_buckets = ((96, 160),)
   c.input.shuffle_buffer = 16
-  c.input.augment = ml_collections.ConfigDict(dict(crop_prob=0.0))
+  c.input.augment.crop_prob = 0.0
 
   c.train.num_steps = 300
   c.train.lr = 2e-4

@@ -1,25 +1,26 @@
-"""Clip augmentation of IDOL, VITA, VISOLO and IAI as stateless TensorFlow ops.
+"""Clip augmentation as stateless TensorFlow ops; each method's settings are data (`config.input.augment`,
+`config.input.augment_pseudo` for COCO pseudo-clips), so nothing here names a method.
 
 `augment_clip` applies a `Recipe` to one clip (frames `[T, H, W, 3]` and instance masks `[T, N, H, W]` of the same
 video) and returns each frame zero-padded (bottom/right) to a static canvas, with the content size of every frame.
 Per frame the order is:
 
-  1. rotation (VISOLO; VITA pseudo-clips) by an angle in [-r, r] degrees about the centre, canvas expanded to the
+  1. rotation by an angle in [-r, r] degrees about the centre, canvas expanded to the
      rotated bounds (detectron2 `RotationTransform(expand=True)`); per frame, or angles sorted over the clip.
   2. crop branch, taken with probability `crop_prob` (decided per clip or per frame): an optional shortest-edge
      resize to a choice of `crop_resize` (no max size), then a crop of `randint(min(h, lo), min(h, hi))` x
      `randint(min(w, lo), min(w, hi))` (detectron2 'absolute_range') placed per frame, once per clip, or sliding
-     linearly from a start to an end position over the clip (VITA). The two resizes are fused: the window is mapped
+     linearly from a start to an end position over the clip. The two resizes are fused: the window is mapped
      back to the source frame and step 3 resizes once.
   3. shortest-edge resize to a choice of `min_sizes` (per clip or per frame), capped by `max_size` as detectron2's
      `ResizeShortestEdge` (sizes rounded with int(x + 0.5)), and further scaled down if needed to fit the canvas.
      Frames: bilinear with antialiasing (PIL-like); masks: nearest.
-  4. optional crop to at most `post_crop` (h, w) at a random position per frame (VISOLO).
+  4. optional crop to at most `post_crop` (h, w) at a random position per frame.
   5. horizontal flip, per clip or per frame.
 
 All random decisions come from `tf.random.stateless_*` keyed on (clip seed, decision, frame), so a clip is a pure
-function of its seed. `method_recipe` holds each method's settings (reference notes: IDOL §3, IAI §6, VITA §1.6,
-VISOLO §2.2) for real clips and COCO pseudo-clips.
+function of its seed. `make_recipe` builds a `Recipe` from the config sections; the methods' official settings are
+in `configs/input_recipes.py`.
 """
 
 from __future__ import annotations
@@ -79,41 +80,19 @@ class Recipe:
       raise ValueError(f'Recipe.crop_range must be 1 <= lo <= hi, got {self.crop_range}')
 
 
-def method_recipe(method: str, *, pseudo: bool, min_sizes: Sequence[int], max_size: int, **overrides) -> Recipe:
-  """The augmentation of `method` for real clips or COCO pseudo-clips (`pseudo`), with field overrides.
-
-  - idol: crop branch p=.5 per clip, window per frame, range 384-600; resize and flip per clip. Pseudo-clips: two
-    independent views (flip, p=.5 resize to {400,500,600} + crop, resize: all per frame).
-  - vita: crop branch p=.5 per clip with a resize to {400,500,600} and a sliding window; resize and flip per clip.
-    Pseudo-clips: the same plus rotations of up to 15 degrees with angles sorted over the clip.
-  - visolo: resize and flip per clip, rotation up to 15 degrees and a (352, 624) crop per frame.
-  - iai: resize per clip, flip per frame (the IAI dataset runs the mmdet pipeline per frame and carries only the
-    scale over); pseudo-clips: both per frame.
+def make_recipe(augment, *, min_sizes: Sequence[int], max_size: int, pseudo_overrides=None) -> Recipe:
+  """The `Recipe` of `config.input.augment` (a mapping of `Recipe` fields other than the sizes), with the
+  `config.input.augment_pseudo` fields on top for COCO pseudo-clips (`pseudo_overrides`, or None for real clips).
   """
-  base = dict(min_sizes=tuple(int(s) for s in min_sizes), max_size=int(max_size))
-  if method == 'idol':
-    if pseudo:
-      base.update(resize_per='frame', flip_per='frame', crop_prob=0.5, crop_per='frame', crop_resize=(400, 500, 600))
-    else:
-      base.update(crop_prob=0.5, crop_per='clip', crop_window='frame')
-  elif method == 'vita':
-    base.update(crop_prob=0.5, crop_per='clip', crop_resize=(400, 500, 600), crop_window='slide')
-    if pseudo:
-      base.update(rotation=15.0, rotation_per='sorted')
-  elif method == 'visolo':
-    base.update(rotation=15.0, rotation_per='frame', post_crop=(352, 624))
-  elif method == 'iai':
-    # mmdet pipeline per frame with only the resize scale carried over: RandomFlip(0.5) is drawn per frame.
-    base.update(flip_per='frame', resize_per='frame' if pseudo else 'clip')
-  else:
-    raise ValueError(f'unknown method {method!r}; expected idol, vita, visolo or iai')
-  unknown = set(overrides) - {f.name for f in dataclasses.fields(Recipe)}
-  if unknown:
-    raise ValueError(f'unknown augmentation field(s) {sorted(unknown)}; fields: '
-                     f'{[f.name for f in dataclasses.fields(Recipe)]}')
-  for key, value in overrides.items():
-    base[key] = tuple(value) if isinstance(value, list) else value
-  return Recipe(**base)
+  names = {f.name for f in dataclasses.fields(Recipe)} - {'min_sizes', 'max_size'}
+  values = {}
+  for where, section in (('config.input.augment', augment), ('config.input.augment_pseudo', pseudo_overrides)):
+    section = dict(section.items()) if section is not None else {}
+    unknown = sorted(set(section) - names)
+    if unknown:
+      raise ValueError(f'{where}: unknown augmentation field(s) {unknown}; fields: {sorted(names)}')
+    values.update({k: tuple(v) if isinstance(v, list) else v for k, v in section.items()})
+  return Recipe(min_sizes=tuple(int(s) for s in min_sizes), max_size=int(max_size), **values)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -245,7 +224,7 @@ def augment_clip(images, masks, seed, recipe: Recipe, canvas: tuple[int, int]):
     image = tf.cast(tf.clip_by_value(tf.math.round(image), 0, 255), tf.uint8)
     mask = tf.image.resize(mask, size, method='nearest')
 
-    # 4. Post-resize crop (VISOLO).
+    # 4. Post-resize crop.
     if recipe.post_crop is not None:
       p_h = tf.minimum(new_h, recipe.post_crop[0])
       p_w = tf.minimum(new_w, recipe.post_crop[1])

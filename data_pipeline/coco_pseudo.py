@@ -4,8 +4,8 @@
 video and every annotation a one-frame track, validated by the same code as YouTube-VIS (unique ids, known
 categories, RLE sizes against the image size, polygons). The converter writes these as ordinary video records
 (`video/num_frames` = 1). At training time every frame sampler returns frame 0 `T` times for such a record, and
-`augment.pseudo_clip_recipe` gives the T copies their own augmentation: independent views for IDOL / VISOLO / IAI,
-and VITA's clip-level augmentation plus rotations with angles sorted over the clip.
+`config.input.augment_pseudo` (on top of `config.input.augment`) gives the T copies their own augmentation, e.g.
+independent per-frame views, or clip-level augmentation plus rotations with angles sorted over the clip.
 """
 
 from __future__ import annotations

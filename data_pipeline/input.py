@@ -18,7 +18,7 @@ Training (`make_train_iterator(config, process_index=, process_count=)` or `Trai
   decoding them), which reproduces the exact following batches. `E` is the process's record count from the manifest.
   (Deterministic skipping, not tf.data iterator checkpoints: the state is a few integers that fit in the orbax
   checkpoint, and it is independent of the number of tf.data threads.)
-- Several directories (e.g. YTVIS and COCO pseudo-videos, as VITA / VISOLO / IDOL train) are mixed with
+- Several directories (e.g. YTVIS and COCO pseudo-videos) are mixed with
   `ratios`: in every block of 1000 clips, source k supplies round(1000 * ratio_k / sum) clips, in an order drawn from
   (seed, process, block). Each source keeps its own epochs and its own augmentation recipe (pseudo-clip recipe for
   a COCO conversion); on resume the clips taken from each source are counted from the block pattern.
@@ -108,20 +108,19 @@ class TrainSpec:
   `root` is one converted directory or a tuple of them (e.g. YTVIS and COCO pseudo-videos) mixed with `ratios`.
   """
   root: str | tuple[str, ...]
-  method: str
+  sampler: samplers.ClipSampler
   batch_size: int  # clips per process
   max_instances: int
   min_sizes: tuple[int, ...]
   max_size: int
   size_buckets: tuple[tuple[int, int], ...] = ()
   size_divisibility: int = 32
-  clip_len: int | None = None
-  frame_range: int | None = None
   seed: int = 0
   shuffle_buffer: int = 256
   prefetch: int = 2
   drop_crowd: bool = True
-  augment: dict[str, Any] = dataclasses.field(default_factory=dict)  # Recipe field overrides
+  augment: dict[str, Any] = dataclasses.field(default_factory=dict)  # Recipe fields (config.input.augment)
+  augment_pseudo: dict[str, Any] = dataclasses.field(default_factory=dict)  # on top, for COCO pseudo-clips
   process_index: int = 0
   process_count: int = 1
   ratios: tuple[float, ...] = ()  # Mixing weights of the roots (default: equal).
@@ -288,7 +287,7 @@ class TrainIterator:
       raise ValueError(f'{len(spec.ratios)} dataset ratios for {len(roots)} TFRecord directories')
     self.manifests = tuple(tfrecord.load_manifest(r) for r in roots)
     self.plans = tuple(plan_process_shard(m, spec.process_index, spec.process_count) for m in self.manifests)
-    self.sampler = samplers.make_sampler(spec.method, clip_len=spec.clip_len, frame_range=spec.frame_range)
+    self.sampler = spec.sampler
     buckets = tuple(tuple(int(x) for x in b) for b in spec.size_buckets) or derive_buckets(
         spec.min_sizes, spec.max_size, spec.size_divisibility)
     self.buckets = tuple(sorted(buckets, key=lambda b: (b[0] * b[1], b)))
@@ -297,8 +296,9 @@ class TrainIterator:
       raise ValueError(f'size buckets {self.buckets} need one bucket that holds all others (the canvas)')
     self.recipes, self.builders = [], []
     for root, manifest in zip(roots, self.manifests):
-      recipe = augment.method_recipe(spec.method, pseudo=manifest.source_format == 'coco', min_sizes=spec.min_sizes,
-                                     max_size=spec.max_size, **spec.augment)
+      pseudo = spec.augment_pseudo if manifest.source_format == 'coco' else None
+      recipe = augment.make_recipe(spec.augment, min_sizes=spec.min_sizes, max_size=spec.max_size,
+                                   pseudo_overrides=pseudo)
       if manifest.max_tracks_per_video > spec.max_instances:
         logging.warning('%s: videos have up to %d tracks; clips keep the first max_instances=%d visible ones',
                         root, manifest.max_tracks_per_video, spec.max_instances)
@@ -422,29 +422,31 @@ def make_train_iterator(config, *, process_index: int = 0, process_count: int = 
   """Builds the training iterator from a visjax config.
 
   Reads `config.dataset.tfrecords` (one converted directory, or several separated by commas, e.g. YTVIS and COCO
-  pseudo-videos), `config.method`, `config.seed` and `config.input.{batch_size (global), clip_len, max_instances,
-  min_size_train, max_size_train, size_divisibility, size_buckets, shuffle_buffer, prefetch}` plus, when present,
-  `config.input.{sampling_frame_range, drop_crowd, augment, dataset_ratios}` (`augment`: a dict of `augment.Recipe`
-  field overrides; `dataset_ratios`: mixing weights of the directories, e.g. (0.75, 1.0) for VITA's YTVIS 2019).
+  pseudo-videos), `config.seed` and `config.input.{batch_size (global), sampler, augment, augment_pseudo,
+  max_instances, min_size_train, max_size_train, size_divisibility, size_buckets, shuffle_buffer, prefetch}` plus,
+  when present, `config.input.{drop_crowd, dataset_ratios}` (`sampler`: `samplers.ClipSampler` fields; `augment` /
+  `augment_pseudo`: `augment.Recipe` fields; `dataset_ratios`: mixing weights of the directories, e.g. (0.75, 1.0)). The method's settings come as data (`configs/input_recipes.py`).
   """
   inp = config.input
   if inp.batch_size % process_count:
     raise ValueError(f'config.input.batch_size={inp.batch_size} is not divisible by process_count={process_count}')
   if not config.dataset.tfrecords:
     raise ValueError('config.dataset.tfrecords is empty: convert the dataset with data_pipeline.convert first')
-  overrides = inp.get('augment', None) or {}
-  if hasattr(overrides, 'to_dict'):
-    overrides = overrides.to_dict()
+  for field in ('sampler', 'augment'):
+    if field not in inp:
+      raise ValueError(f'config.input.{field} is missing (see configs/input_recipes.py)')
+  as_dict = lambda section: dict(section.to_dict() if hasattr(section, 'to_dict') else section or {})
   roots = config.dataset.tfrecords
   roots = tuple(r.strip() for r in roots.split(',') if r.strip()) if isinstance(roots, str) else tuple(roots)
   spec = TrainSpec(
-      root=roots, ratios=tuple(inp.get('dataset_ratios', ()) or ()), method=config.method,
+      root=roots, ratios=tuple(inp.get('dataset_ratios', ()) or ()), sampler=samplers.make_sampler(inp.sampler),
       batch_size=inp.batch_size // process_count,
       max_instances=inp.max_instances, min_sizes=tuple(inp.min_size_train), max_size=inp.max_size_train,
       size_buckets=tuple(tuple(b) for b in inp.size_buckets), size_divisibility=inp.size_divisibility,
-      clip_len=inp.clip_len, frame_range=inp.get('sampling_frame_range', None), seed=config.seed,
-      shuffle_buffer=inp.shuffle_buffer, prefetch=inp.prefetch, drop_crowd=inp.get('drop_crowd', True),
-      augment=dict(overrides), process_index=process_index, process_count=process_count)
+      seed=config.seed, shuffle_buffer=inp.shuffle_buffer, prefetch=inp.prefetch,
+      drop_crowd=inp.get('drop_crowd', True), augment=as_dict(inp.augment),
+      augment_pseudo=as_dict(inp.get('augment_pseudo', {})), process_index=process_index,
+      process_count=process_count)
   return TrainIterator(spec)
 
 
@@ -455,7 +457,7 @@ def make_train_iterator(config, *, process_index: int = 0, process_count: int = 
 @dataclasses.dataclass(frozen=True)
 class EvalResize:
   """Test-time frame size: shortest edge `min_size` capped by `max_size`, or exactly `fixed` (h, w) when given
-  (VISOLO resizes every frame to 352x624); then zero padding to a multiple of `size_divisibility`."""
+  (e.g. 352x624 for every frame); then zero padding to a multiple of `size_divisibility`."""
   min_size: int = 480
   max_size: int = 1333
   size_divisibility: int = 32
@@ -468,13 +470,14 @@ class EvalResize:
     return int(new_h), int(new_w)
 
 
-def _eval_settings(source, min_size, max_size, size_divisibility, fixed_size) -> tuple[str, EvalResize]:
+def _eval_settings(source, min_size, max_size, size_divisibility, fixed_size,
+                   need_root: bool = True) -> tuple[str, EvalResize]:
   if isinstance(source, str):
     root, defaults = source, EvalResize()
   else:
     inp = source.input
     root = source.dataset.get('eval_tfrecords', '') or source.dataset.tfrecords  # As configs/common.py documents.
-    if not root:
+    if not root and need_root:
       raise ValueError('config.dataset.eval_tfrecords and .tfrecords are empty: convert the eval split first')
     fixed = tuple(inp.get('test_fixed_size', ()) or ()) or None
     defaults = EvalResize(inp.min_size_test, inp.max_size_test, inp.size_divisibility, fixed)
@@ -484,20 +487,48 @@ def _eval_settings(source, min_size, max_size, size_divisibility, fixed_size) ->
   return root, resize
 
 
-def _resize_frames_fn():
+def _resize_pad(image, new_h, new_w, pad_h, pad_w):
+  """One frame `[H, W, 3]` uint8 → the test resize (bilinear, antialiased), rounded, zero-padded to (pad_h, pad_w)."""
+  tf = tfrecord.import_tf()
+  image = tf.image.resize(image, tf.stack([new_h, new_w]), method='bilinear', antialias=True)
+  image = tf.cast(tf.clip_by_value(tf.math.round(image), 0, 255), tf.uint8)
+  return tf.image.pad_to_bounding_box(image, 0, 0, pad_h, pad_w)
+
+
+def _resize_frames_fn(encoded: bool = True):
+  """tf.function `(frames, height, width, new_h, new_w, pad_h, pad_w)`: JPEG bytes `[t]` (encoded) or uint8
+  `[t, H, W, 3]` frames → `[t, pad_h, pad_w, 3]` with the one test-time resize of eval and predict."""
   tf = tfrecord.import_tf()
 
   scalar = tf.TensorSpec([], tf.int32)
+  frames_spec = tf.TensorSpec([None], tf.string) if encoded else tf.TensorSpec([None, None, None, 3], tf.uint8)
 
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string)] + [scalar] * 6, autograph=False)
-  def resize(encoded, height, width, new_h, new_w, pad_h, pad_w):
+  @tf.function(input_signature=[frames_spec] + [scalar] * 6, autograph=False)
+  def resize(frames, height, width, new_h, new_w, pad_h, pad_w):
     def one(data):
-      image = tfrecord.decode_frame(data, height, width)
-      image = tf.image.resize(image, tf.stack([new_h, new_w]), method='bilinear', antialias=True)
-      image = tf.cast(tf.clip_by_value(tf.math.round(image), 0, 255), tf.uint8)
-      return tf.image.pad_to_bounding_box(image, 0, 0, pad_h, pad_w)
-    return tf.map_fn(one, encoded, fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+      image = tfrecord.decode_frame(data, height, width) if encoded else data
+      return _resize_pad(image, new_h, new_w, pad_h, pad_w)
+    return tf.map_fn(one, frames, fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
   return resize
+
+
+def resize_settings(config) -> EvalResize:
+  """The test-time resize of a config (`input.min_size_test`, `max_size_test`, `size_divisibility`,
+  `test_fixed_size`)."""
+  return _eval_settings(config, None, None, None, None, need_root=False)[1]
+
+
+def resize_test_frames(frames, resize: EvalResize):
+  """Decoded frames uint8 `[t, H, W, 3]` → (`[t, Hp, Wp, 3]` resized and zero-padded, `image_size (h, w)`),
+  exactly as eval resizes the frames it reads from TFRecords (`eval_video_chunks`)."""
+  tf = tfrecord.import_tf()
+  frames = np.asarray(frames, np.uint8)
+  height, width = frames.shape[1:3]
+  new_h, new_w = resize.size(height, width)
+  div = resize.size_divisibility
+  sizes = (tf.constant(x, tf.int32) for x in (height, width, new_h, new_w, _round_up(new_h, div),
+                                               _round_up(new_w, div)))
+  return _resize_frames_fn(encoded=False)(tf.constant(frames), *sizes).numpy(), (new_h, new_w)
 
 
 def eval_video_chunks(source, *, chunk_len: int = 0, process_index: int = 0, process_count: int = 1,

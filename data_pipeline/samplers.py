@@ -1,16 +1,18 @@
-"""Clip (frame index) samplers of IDOL, VITA, VISOLO and IAI, as stateless TensorFlow functions.
+"""Clip (frame index) samplers, as stateless TensorFlow functions; which one a method uses is data
+(`config.input.sampler`, see `ClipSampler`), so nothing here names a method.
 
 Every sampler maps `(number of frames, seed)` to int32 frame indices `[T]` with `tf.random.stateless_*` ops only, so
 the same seed gives the same clip in graph mode (inside tf.data) and eagerly (in tests). A one-frame record (a COCO
 image) gives `[0] * T`, the pseudo-clip of `coco_pseudo`.
 
-- `reference_clip` is the detectron2 YouTube-VIS mapper rule used by IDOL (T=2, range 10), VITA (T frames, range 20
-  or 8) and VISOLO (T=3, range 20, shuffled): a uniform reference frame r, then T-1 further frames drawn uniformly
-  WITH replacement from [r-R, r+R] ∩ [0, L) minus (r-interval, r+interval); all T sorted in time, then shuffled if
-  asked. With no frame to draw from (L = 1) the reference is repeated.
-- `iai_clip` is the IAI (mmdet YTVOS dataset) rule: over the frames that carry an annotation (all frames if none),
-  cycled to at least T entries, a uniform start s in [0, n-T], then T-1 steps each uniform in
-  [1, min(3, n - position - remaining steps)].
+- kind 'reference', `reference_clip`: the detectron2 YouTube-VIS mapper rule: a uniform
+  reference frame r, then T-1 further frames drawn uniformly from [r-R, r+R] ∩ [0, L) minus (r-interval,
+  r+interval), with replacement (`np.random.choice`) or without (`random.sample`; cycling the candidates when there
+  are fewer than T-1); all T sorted in time, then shuffled if asked. With no frame to draw from (L = 1) the
+  reference is repeated.
+- kind 'annotated_gaps', `annotated_gaps_clip`: the mmdet YTVOS dataset rule: over the frames that carry an
+  annotation (all frames if none), cycled to at least T entries, a uniform start s in [0, n-T], then T-1 steps each
+  uniform in [1, min(R, n - position - remaining steps)].
 """
 
 from __future__ import annotations
@@ -19,13 +21,7 @@ import dataclasses
 
 from data_pipeline import tfrecord
 
-# Per-method defaults: (clip length T, frame range R, shuffle).
-METHOD_DEFAULTS = {
-    'idol': (2, 10, False),
-    'vita': (5, 20, False),
-    'visolo': (3, 20, True),
-    'iai': (5, 3, False),  # For IAI, R is the largest gap between consecutive frames.
-}
+KINDS = ('reference', 'annotated_gaps')
 
 
 def _randint(seed, lo, hi):
@@ -44,8 +40,8 @@ def fold(seed, *data):
 
 
 def reference_clip(num_frames, seed, *, clip_len: int, frame_range: int, interval: int = 1,
-                   shuffle: bool = False):
-  """detectron2 YTVIS mapper sampling (IDOL / VITA / VISOLO); see the module docstring. Returns int32 `[T]`."""
+                   shuffle: bool = False, replacement: bool = True):
+  """detectron2 YTVIS mapper sampling; see the module docstring. Returns int32 `[T]`."""
   tf = tfrecord.import_tf()
   length = tf.cast(num_frames, tf.int32)
   ref = _randint(fold(seed, 0), 0, length - 1)
@@ -55,8 +51,14 @@ def reference_clip(num_frames, seed, *, clip_len: int, frame_range: int, interva
   end = tf.minimum(length, ref + frame_range + 1)
   num_left = tf.maximum(start_interval - start, 0)
   num_candidates = num_left + tf.maximum(end - end_interval, 0)
-  draws = tf.random.stateless_uniform([clip_len - 1], fold(seed, 1), dtype=tf.float32)
-  u = tf.minimum(tf.cast(draws * tf.cast(num_candidates, tf.float32), tf.int32), tf.maximum(num_candidates - 1, 0))
+  if replacement:
+    draws = tf.random.stateless_uniform([clip_len - 1], fold(seed, 1), dtype=tf.float32)
+    u = tf.minimum(tf.cast(draws * tf.cast(num_candidates, tf.float32), tf.int32),
+                   tf.maximum(num_candidates - 1, 0))
+  else:
+    order = tf.cast(tf.argsort(tf.random.stateless_uniform([num_candidates], fold(seed, 1))), tf.int32)
+    order = tf.concat([order, tf.zeros([1], tf.int32)], 0)  # a valid index when there is no candidate
+    u = tf.gather(order, tf.range(clip_len - 1) % tf.maximum(num_candidates, 1))
   others = tf.where(u < num_left, start + u, end_interval + (u - num_left))
   others = tf.where(num_candidates > 0, others, ref)
   clip = tf.sort(tf.concat([others, [ref]], 0))
@@ -66,8 +68,8 @@ def reference_clip(num_frames, seed, *, clip_len: int, frame_range: int, interva
   return clip
 
 
-def iai_clip(annotated, seed, *, clip_len: int = 5, max_gap: int = 3):
-  """IAI sampling over the annotated frames (bool `[L]`); see the module docstring. Returns int32 `[T]`."""
+def annotated_gaps_clip(annotated, seed, *, clip_len: int, max_gap: int):
+  """mmdet YTVOS sampling over the annotated frames (bool `[L]`); see the module docstring. Returns int32 `[T]`."""
   tf = tfrecord.import_tf()
   annotated = tf.convert_to_tensor(annotated, tf.bool)
   frames = tf.cast(tf.where(annotated)[:, 0], tf.int32)
@@ -86,28 +88,45 @@ def iai_clip(annotated, seed, *, clip_len: int = 5, max_gap: int = 3):
 
 @dataclasses.dataclass(frozen=True)
 class ClipSampler:
-  """A method's sampler with its parameters; `__call__(num_frames, annotated [L], seed) -> int32 [T]`."""
-  method: str
+  """`config.input.sampler`: `__call__(num_frames, annotated [L], seed) -> int32 [T]`.
+
+  Attributes:
+    kind: 'reference' or 'annotated_gaps' (module docstring).
+    clip_len: frames T per clip.
+    frame_range: R: the range around the reference frame ('reference'), the largest gap ('annotated_gaps').
+    interval: frames closer than this to the reference are not drawn ('reference').
+    shuffle: shuffle the clip's frames after sorting them in time ('reference').
+    replacement: draw the other frames with replacement ('reference').
+  """
+  kind: str
   clip_len: int
   frame_range: int
-  shuffle: bool
+  interval: int = 1
+  shuffle: bool = False
+  replacement: bool = True
+
+  def __post_init__(self):
+    if self.kind not in KINDS:
+      raise ValueError(f'config.input.sampler.kind must be one of {KINDS}, got {self.kind!r}')
+    if self.clip_len < 1 or self.frame_range < 1 or self.interval < 1:
+      raise ValueError(f'config.input.sampler: clip_len, frame_range and interval must be >= 1, got '
+                       f'{self.clip_len}, {self.frame_range}, {self.interval}')
 
   def __call__(self, num_frames, annotated, seed):
-    if self.method == 'iai':
-      return iai_clip(annotated, seed, clip_len=self.clip_len, max_gap=self.frame_range)
+    if self.kind == 'annotated_gaps':
+      return annotated_gaps_clip(annotated, seed, clip_len=self.clip_len, max_gap=self.frame_range)
     return reference_clip(num_frames, seed, clip_len=self.clip_len, frame_range=self.frame_range,
-                          shuffle=self.shuffle)
+                          interval=self.interval, shuffle=self.shuffle, replacement=self.replacement)
 
 
-def make_sampler(method: str, *, clip_len: int | None = None, frame_range: int | None = None,
-                 shuffle: bool | None = None) -> ClipSampler:
-  """The sampler of `method` ('idol', 'vita', 'visolo', 'iai'), with optional overrides of its defaults."""
-  if method not in METHOD_DEFAULTS:
-    raise ValueError(f'unknown method {method!r} for clip sampling; expected one of {sorted(METHOD_DEFAULTS)}')
-  default_len, default_range, default_shuffle = METHOD_DEFAULTS[method]
-  clip_len = default_len if clip_len is None else int(clip_len)
-  frame_range = default_range if frame_range is None else int(frame_range)
-  if clip_len < 1 or frame_range < 1:
-    raise ValueError(f'clip_len and frame_range must be >= 1, got {clip_len}, {frame_range}')
-  return ClipSampler(method=method, clip_len=clip_len, frame_range=frame_range,
-                     shuffle=default_shuffle if shuffle is None else bool(shuffle))
+def make_sampler(spec) -> ClipSampler:
+  """The `ClipSampler` of a `config.input.sampler` section (a mapping of its fields)."""
+  fields = {f.name for f in dataclasses.fields(ClipSampler)}
+  values = dict(spec.items())
+  unknown = sorted(set(values) - fields)
+  if unknown:
+    raise ValueError(f'config.input.sampler: unknown field(s) {unknown}; fields: {sorted(fields)}')
+  try:
+    return ClipSampler(**values)
+  except TypeError as e:
+    raise ValueError(f'config.input.sampler: {e}') from None

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from visjax.evaluation import rle as rle_lib
+
 Rle = dict[str, Any]
 Box = tuple[float, float, float, float]
 
@@ -180,77 +182,6 @@ class YtvisDataset:
 # RLE helpers.
 
 
-class _CompressedRleError(ValueError):
-  """A malformed compressed RLE string; `index` is its position in the decoded batch."""
-
-  def __init__(self, index: int, message: str):
-    super().__init__(message)
-    self.index = index
-
-
-def _segmented_cumsum(values: np.ndarray, segment: np.ndarray) -> np.ndarray:
-  """Cumulative sum of `values` restarted where the (sorted) `segment` id changes."""
-  total = np.cumsum(values)
-  new_segment = np.concatenate([[True], segment[1:] != segment[:-1]])[:values.size]
-  base = (total - values)[new_segment]
-  return total - base[np.cumsum(new_segment) - 1]
-
-
-def _decode_compressed(strings: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-  """Decodes COCO compressed RLE strings in one vectorised pass (the semantics of pycocotools' `rleFrString`).
-
-  Args:
-    strings: S non-empty compressed count strings.
-
-  Returns:
-    (runs int64 [R], owner int64 [R]): all run lengths, concatenated, and the string index of each run.
-
-  Raises:
-    _CompressedRleError: naming the first malformed string (empty, bad characters, truncated, too long a value).
-  """
-  encoded = []
-  for i, counts in enumerate(strings):
-    try:
-      encoded.append(counts.encode('ascii'))
-    except UnicodeEncodeError:
-      raise _CompressedRleError(i, 'non-ASCII characters in a compressed RLE string') from None
-  lengths = np.array([len(b) for b in encoded], np.int64)
-  if np.any(lengths == 0):
-    raise _CompressedRleError(int(np.argmin(lengths)), 'empty counts string')
-  chars = np.frombuffer(b''.join(encoded), np.uint8).astype(np.int64) - 48
-  owner_of_char = np.repeat(np.arange(len(strings)), lengths)
-  bad = (chars < 0) | (chars > 63)
-  if np.any(bad):
-    raise _CompressedRleError(int(owner_of_char[np.argmax(bad)]), 'characters outside the compressed RLE alphabet')
-  more = (chars & 0x20) != 0
-  truncated = more[np.cumsum(lengths) - 1]
-  if np.any(truncated):
-    raise _CompressedRleError(int(np.argmax(truncated)), 'truncated compressed RLE string')
-  ends = ~more  # Each value is a little-endian run of 5-bit groups; the last has no continuation bit.
-  starts = np.flatnonzero(np.concatenate([[True], ends[:-1]]))
-  group = np.cumsum(np.concatenate([[0], ends[:-1]]))
-  position = np.arange(chars.size) - starts[group]
-  if position.max() > 11:
-    raise _CompressedRleError(int(owner_of_char[np.argmax(position > 11)]), 'compressed RLE value too long')
-  values = np.add.reduceat((chars & 0x1f) << (5 * position), starts)
-  last = np.flatnonzero(ends)
-  negative = (chars[last] & 0x10) != 0
-  values[negative] |= -1 << (5 * (position[last][negative] + 1))
-  owner = owner_of_char[starts]
-  local = np.arange(values.size) - np.searchsorted(owner, np.arange(len(strings)))[owner]
-  # From the 4th run on, each value is a delta to the run two before: cumulative sums along each string's odd
-  # and even chains; the first run (local 0) is not part of the even chain.
-  runs = values.copy()
-  for chain in ((local & 1) == 1, ((local & 1) == 0) & (local > 0)):
-    runs[chain] = _segmented_cumsum(values[chain], owner[chain])
-  return runs, owner
-
-
-def compressed_rle_counts(counts: str) -> np.ndarray:
-  """Run lengths (int64 [R]) of one COCO compressed RLE string; ValueError if it is malformed."""
-  return _decode_compressed([counts])[0]
-
-
 def rle_to_mask(rle: Rle) -> np.ndarray:
   """uint8 [H, W] 0/1 mask of a (compressed or uncompressed) RLE dict."""
   if isinstance(rle['counts'], list):
@@ -345,8 +276,8 @@ def _check_compressed(check: _Checker, strings: Sequence[str], frames: Sequence[
   if not strings:
     return
   try:
-    runs, owner = _decode_compressed(strings)
-  except _CompressedRleError as e:
+    runs, owner = rle_lib.decode_compressed(strings)
+  except rle_lib.CompressedRleError as e:
     check.fail(f'{where}, segmentations[{frames[e.index]}]', f'invalid compressed RLE: {e}')
   first = np.searchsorted(owner, np.arange(len(strings)))
   totals = np.add.reduceat(runs, first)

@@ -14,6 +14,7 @@ pytest.importorskip('tensorflow')
 from pycocotools import mask as mask_utils  # pylint: disable=g-import-not-at-top
 
 from data_pipeline import convert  # pylint: disable=g-import-not-at-top
+from data_pipeline import samplers
 from data_pipeline import tfrecord
 from data_pipeline import ytvis_json
 
@@ -304,8 +305,9 @@ def test_windowed_records_round_trip(synthetic_paths, tmp_path):
           np.testing.assert_array_equal(masks[:, ids.index(track.id)], reference)
         else:
           assert not reference.any(), 'only tracks absent from the window are left out'
-  it = input_lib.TrainIterator(input_lib.TrainSpec(root=out, method='vita', clip_len=3, batch_size=4,
-                                                   max_instances=4, min_sizes=(48,), max_size=64))
+  sampler = samplers.ClipSampler(kind='reference', clip_len=3, frame_range=20)
+  it = input_lib.TrainIterator(input_lib.TrainSpec(root=out, sampler=sampler, batch_size=4, max_instances=4,
+                                                   min_sizes=(48,), max_size=64))
   batch = next(it)
   lengths = np.array([dataset.video(int(i)).length for i in batch['video_id']])
   assert np.all((batch['frame_index'] >= 0) & (batch['frame_index'] < lengths[:, None]))

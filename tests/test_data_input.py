@@ -13,10 +13,14 @@ pytest.importorskip('tensorflow')
 
 from PIL import Image  # pylint: disable=g-import-not-at-top
 
+import ml_collections  # pylint: disable=g-import-not-at-top
+
 from configs import common  # pylint: disable=g-import-not-at-top
+from configs import input_recipes  # pylint: disable=g-import-not-at-top
 from data_pipeline import augment
 from data_pipeline import convert
 from data_pipeline import input as input_lib
+from data_pipeline import samplers
 from data_pipeline import synthetic
 from data_pipeline import tfrecord
 from data_pipeline import ytvis_json
@@ -42,9 +46,27 @@ def data(tmp_path_factory):
   return {'paths': paths, 'dataset': ytvis_json.load(paths['train']), 'tfr': out}
 
 
+def _official(method):
+  """A method's official `config.input` sampler / augment / augment_pseudo sections (configs/input_recipes.py)."""
+  c = ml_collections.ConfigDict({'input': {}})
+  getattr(input_recipes, method)(c)
+  return c.input
+
+
+def _recipe(method, *, pseudo, min_sizes, max_size, **overrides):
+  """The method's augmentation recipe with the test's overrides on its real-clip settings."""
+  inp = _official(method)
+  return augment.make_recipe({**inp.augment.to_dict(), **overrides}, min_sizes=min_sizes, max_size=max_size,
+                             pseudo_overrides=inp.augment_pseudo if pseudo else None)
+
+
 def _spec(root, method, **kwargs):
-  base = dict(root=root, method=method, batch_size=2, max_instances=4, clip_len=3 if method == 'vita' else None,
-              seed=0, shuffle_buffer=4, prefetch=1, augment=TINY_AUG[method], **SIZES)
+  inp = _official(method)
+  if method == 'vita':
+    inp.sampler.clip_len = 3
+  base = dict(root=root, sampler=samplers.make_sampler(inp.sampler), batch_size=2, max_instances=4, seed=0,
+              shuffle_buffer=4, prefetch=1, augment={**inp.augment.to_dict(), **TINY_AUG[method]},
+              augment_pseudo=inp.augment_pseudo.to_dict(), **SIZES)
   base.update(kwargs)
   return input_lib.TrainSpec(**base)
 
@@ -141,7 +163,7 @@ def _painted_clip(num_frames):
 @pytest.mark.parametrize('method', METHODS)
 def test_augmentation_keeps_frames_and_masks_aligned(method, pseudo):
   tf = tfrecord.import_tf()
-  recipe = augment.method_recipe(method, pseudo=pseudo, min_sizes=(64, 96), max_size=160, **TINY_AUG[method])
+  recipe = _recipe(method, pseudo=pseudo, min_sizes=(64, 96), max_size=160, **TINY_AUG[method])
   images, masks = _painted_clip(3)
   canvas = (160, 160)
   for seed in range(4):
@@ -173,8 +195,8 @@ def test_clip_level_flip_and_resize_shared():
   tf = tfrecord.import_tf()
   images, masks = _painted_clip(4)
   for method in METHODS:
-    recipe = augment.method_recipe(method, pseudo=False, min_sizes=(48, 64, 80, 96), max_size=160, crop_prob=0.0,
-                                   rotation=0.0, post_crop=None)
+    recipe = _recipe(method, pseudo=False, min_sizes=(48, 64, 80, 96), max_size=160, crop_prob=0.0, rotation=0.0,
+                     post_crop=None)
     frames_differ = []
     for seed in range(6):
       _, out_masks, sizes = (x.numpy() for x in augment.augment_clip(
@@ -256,13 +278,13 @@ def test_train_epoch_per_process_disjoint_and_covering(data):
 
 def test_make_train_iterator_from_config(data):
   config = common.base_config()
-  config.method = 'idol'
+  input_recipes.idol(config)
   config.dataset.tfrecords = data['tfr'][4]
   config.input.batch_size = 4
   config.input.max_instances = 3
   config.input.min_size_train = (48,)
   config.input.max_size_train = 96
-  config.input.augment = {'crop_range': (40, 80)}
+  config.input.augment.crop_range = (40, 80)
   it = input_lib.make_train_iterator(config, process_index=1, process_count=2)
   batch = next(it)
   assert batch['image'].shape[:2] == (2, 2) and batch['masks'].shape[2] == 3
@@ -407,8 +429,8 @@ def test_coco_pseudo_clips(coco_root):
   """One-frame records give T views of frame 0, augmented with VITA's pseudo-clip recipe (sorted rotations)."""
   spec = _spec(coco_root, 'vita', batch_size=3, shuffle_buffer=1)
   it = input_lib.TrainIterator(spec)
-  assert it.recipe == augment.method_recipe('vita', pseudo=True, min_sizes=SIZES['min_sizes'],
-                                            max_size=SIZES['max_size'], **TINY_AUG['vita'])
+  assert it.recipe == _recipe('vita', pseudo=True, min_sizes=SIZES['min_sizes'], max_size=SIZES['max_size'],
+                              **TINY_AUG['vita'])
   assert it.recipe.rotation == 15.0 and it.recipe.rotation_per == 'sorted'
   batch = next(it)
   assert np.all(batch['frame_index'] == 0)

@@ -11,6 +11,7 @@ from pycocotools import mask as mask_utils
 import pytest
 
 from visjax.evaluation import results as results_lib
+from visjax.inference import tracks as tracks_lib
 from visjax.evaluation import rle as rle_lib
 from visjax.evaluation import ytvis
 
@@ -226,31 +227,50 @@ def test_write_results_json_and_codalab_zip(tmp_path):
 
 
 def test_streaming_writer_and_video_tracks(tmp_path):
+  """Tracks accumulated frame by frame (`visjax.inference.tracks`) become records streamed by the writer."""
   rng = np.random.default_rng(5)
   gt = _gt(rng)
   expected = []
+  rule = tracks_lib.RecordRule('argmax')
   with results_lib.VideoResultWriter(tmp_path, gt) as writer:
     for video in gt['videos']:
-      tracks = results_lib.VideoTracks(video['id'], video['length'], video['height'], video['width'])
+      tracks = tracks_lib.VideoTracks(video['length'])
       masks = {k: _masks(rng, video['length'], video['height'], video['width']) for k in (11, 12)}
       for t in range(video['length']):  # Frame by frame, as a tracker produces them.
-        for k, track in masks.items():
+        for i, (k, track) in enumerate(masks.items()):
           if track[t] is not None:
-            tracks.add(k, t, track[t])
-      records = [tracks.record(k, 1 + i, np.float32(0.25 * (i + 1))) for i, k in enumerate(tracks.track_ids)]
-      writer.write(records)
-      for i, k in enumerate(tracks.track_ids):
+            tracks.add(k, t, results_lib.encode_mask(track[t]), np.eye(2)[i] * np.float32(0.25 * (i + 1)))
+      writer.write(tracks_lib.tracks_to_records(tracks.tracks(), video_id=video['id'], rule=rule,
+                                                category_ids=np.array([1, 2])))
+      for k in tracks.track_ids:
+        i = (11, 12).index(k)
         expected.append({'video_id': video['id'], 'category_id': 1 + i, 'score': 0.25 * (i + 1),
                          'segmentations': [None if m is None else results_lib.encode_mask(m) for m in masks[k]]})
   with open(writer.json_path) as f:
     assert json.load(f) == expected
   with zipfile.ZipFile(writer.zip_path) as z:
     assert z.namelist() == ['results.json']
-  tracks = results_lib.VideoTracks(3, 4, H, W)
-  with pytest.raises(ValueError, match='mask shape'):
-    tracks.add(1, 0, np.zeros((H + 1, W), bool))
   with pytest.raises(ValueError, match='frame index 4'):
-    tracks.add(1, 4, np.zeros((H, W), bool))
+    tracks_lib.VideoTracks(4).add(1, 4, None, np.zeros(2))
+
+
+def test_record_rules():
+  tracks = [tracks_lib.Track(7, np.array([0.5, 0.04, 0.3]), [None], [None]),
+            tracks_lib.Track(9, np.array([0.1, 0.9, 0.06]), [{'size': [1, 1], 'counts': '01'}], [0.9])]
+  ids = np.array([10, 20, 30])
+
+  def run(rule):
+    return [(r['category_id'], round(r['score'], 3)) for r in
+            tracks_lib.tracks_to_records(tracks, video_id=1, rule=rule, category_ids=ids)]
+
+  assert run(tracks_lib.RecordRule('threshold', threshold=0.05)) == [(10, 0.5), (30, 0.3), (10, 0.1), (20, 0.9),
+                                                                      (30, 0.06)]
+  assert run(tracks_lib.RecordRule('argmax')) == [(10, 0.5), (20, 0.9)]
+  assert run(tracks_lib.RecordRule('topk', k=3)) == [(20, 0.9), (10, 0.5), (30, 0.3)]
+  with pytest.raises(ValueError, match='kind must be one of'):
+    tracks_lib.RecordRule('all')
+  with pytest.raises(ValueError, match='has 2 entries but the model predicts 3'):
+    tracks_lib.category_table((1, 2), 3)
 
 
 def test_streaming_writer_validates_with_global_indices(tmp_path):

@@ -193,7 +193,7 @@ def test_unknown_backbone_rejected():
   config = _config('vit')
   with pytest.raises(ValueError, match="config.model.backbone must be 'resnet' or 'swin'"):
     rules_idol.idol_rules(config)
-  with pytest.raises(ValueError, match="config.model.backbone must be 'resnet' or 'swin'"):
+  with pytest.raises(ValueError, match=r"config.model.backbone must be one of \('resnet', 'resnet_tv', 'swin'\)"):
     _abstract_model(config)
 
 

@@ -1,10 +1,13 @@
 """IDOL criterion vs a torch re-implementation of the official SetCriterion / matcher / select_pos_neg."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import idol_common
 from tests.idol_fixtures import synthetic_batch, synthetic_outputs
 from visjax.models.idol import criterion
 
@@ -16,15 +19,21 @@ def _jit_loss(loss_config):
   return jax.jit(lambda o, b, r: criterion.idol_loss(o, b, rng=r, loss_config=loss_config))
 
 
+def _official_loss_config():
+  """`config.loss` of the official IDOL recipe (configs/idol_common.py)."""
+  return idol_common.idol_config(num_classes=40).loss
+
+
 def _parity_config():
-  cfg = criterion.default_loss_config()
+  cfg = _official_loss_config()
   cfg.contrast_aux_neg_ratio = 10 ** 6  # keep every negative in the aux loss (the reference has no sampling)
-  return cfg
+  return criterion.loss_settings(cfg)
 
 
 _parity_loss = _jit_loss(_parity_config())  # compiled once for all tests of the same shapes
 _value_and_grad = jax.jit(jax.value_and_grad(
-    lambda o, b, r: criterion.idol_loss(o, b, rng=r), has_aux=True))
+    lambda o, b, r: criterion.idol_loss(o, b, rng=r, loss_config=criterion.loss_settings(_official_loss_config())),
+    has_aux=True))
 
 
 @pytest.mark.parametrize('seed', [0, 1, 2])
@@ -68,18 +77,16 @@ def test_deep_supervision_off_and_weights():
   batch = synthetic_batch(rng)
   outputs = synthetic_outputs(rng, batch)
   _, terms = _parity_loss(outputs, batch, jax.random.key(0))
-  cfg = _parity_config()
-  cfg.deep_supervision = False
-  cfg.dice_weight = 1.
+  cfg = dataclasses.replace(_parity_config(), deep_supervision=False, dice_weight=1.)
   _, terms2 = _jit_loss(cfg)(outputs, batch, jax.random.key(0))
   assert sorted(terms2) == sorted(criterion._WEIGHT_FIELDS)
   for name in terms2:  # the last layer's terms do not depend on the auxiliary layers
     scale = 5. if name == 'loss_dice' else 1.
     np.testing.assert_allclose(float(terms[name]), scale * float(terms2[name]), rtol=1e-5)
-  with pytest.raises(ValueError, match='unknown field'):
-    bad = criterion.default_loss_config()
+  with pytest.raises(ValueError, match=r"unknown field\(s\) \['unlisted'\]"):
+    bad = _official_loss_config()
     bad.unlisted = 1.
-    criterion.resolve_loss_config(bad)
+    criterion.loss_settings(bad)
 
 
 def test_negative_sampling_counts():

@@ -1,4 +1,5 @@
-"""IDOL method glue: loss_fn on a tiny model (finite, decreases under optax on one batch), predict_video records."""
+"""IDOL on contract v2: loss_fn on a tiny model (finite, decreases under optax on one batch), the streaming
+predictor's tracks and records, the oracle path."""
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +11,7 @@ from pycocotools import mask as mask_utils
 
 from configs import idol_tiny
 from visjax.evaluation import results as results_lib
+from visjax.inference import predictor as predictor_lib
 from visjax.models import registry
 from visjax.models.idol import method
 
@@ -49,21 +51,36 @@ def _painted_batch(seed=0):
 
 
 def test_registry_and_conversion_rules():
-  m = registry.get_method('idol')
-  assert m.loss_fn is method.loss_fn and m.predict_video is method.predict_video
-  rules = method.conversion_rules(_tiny_config())
-  assert len(rules) > 0
+  m = registry.get_method(_tiny_config())
+  assert isinstance(m, method.IDOLMethod) and m.name == 'idol'
+  assert m.loss_settings.dice_weight == _tiny_config().loss.dice_weight
+  assert len(m.conversion_rules()) > 0
+
+
+def test_missing_settings_fail_with_one_message():
+  config = _tiny_config()
+  del config.loss['dice_weight']
+  del config.tracker['memory_len']
+  with pytest.raises(ValueError, match=r"config.loss: missing field\(s\) \['dice_weight'\]"):
+    registry.get_method(config)
+  config = _tiny_config()
+  config.dataset.num_classes = 4
+  with pytest.raises(ValueError, match='dataset.num_classes=4 but config.model.num_classes=3'):
+    registry.get_method(config)
 
 
 @pytest.fixture(scope='module')
-def tiny_model():
-  return method.build_model(_tiny_config(), rngs=nnx.Rngs(0))
+def idol():
+  return registry.get_method(_tiny_config())
 
 
-def test_loss_fn_finite_and_decreases(tiny_model):
-  config = _tiny_config()
+@pytest.fixture(scope='module')
+def tiny_model(idol):
+  return idol.build_model(nnx.Rngs(0))
+
+
+def test_loss_fn_finite_and_decreases(idol, tiny_model):
   model = tiny_model
-  assert model.loss_config.dice_weight == config.loss.dice_weight
   batch = jax.tree.map(jnp.asarray, _painted_batch())
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx = optax.adam(1e-3)
@@ -72,7 +89,7 @@ def test_loss_fn_finite_and_decreases(tiny_model):
   @jax.jit
   def step(params, opt_state, rng):
     def loss(p):
-      total, terms = method.loss_fn(nnx.merge(graphdef, p, rest), batch, rng=rng, train=True)
+      total, terms = idol.loss_fn(nnx.merge(graphdef, p, rest), batch, rng=rng, train=True)
       return total, terms
     (total, terms), grads = jax.value_and_grad(loss, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
@@ -89,14 +106,26 @@ def test_loss_fn_finite_and_decreases(tiny_model):
   assert history[-1] < 0.8 * history[0], history
 
 
-def test_loss_fn_rejects_non_pair_clips(tiny_model):
+def test_loss_fn_rejects_non_pair_clips(idol, tiny_model):
   batch = _painted_batch()
   batch['image'] = batch['image'][:, :1]
   with pytest.raises(ValueError, match=r'\[B, 2, H, W, 3\]'):
-    method.loss_fn(tiny_model, batch, rng=jax.random.key(0))
+    idol.loss_fn(tiny_model, batch, rng=jax.random.key(0))
 
 
-def test_predict_video_records(tiny_model):
+def _records(config, model, frames, chunks, orig):
+  """Records of the video fed to a fresh predictor in the given chunk lengths."""
+  idol = registry.get_method(config)
+  predictor = idol.make_predictor(model, predictor_lib.VideoMeta(video_id=7, length=len(frames), orig_size=orig))
+  sizes = np.tile([60, 64], (len(frames), 1))
+  start = 0
+  for n in chunks:
+    predictor.add_frames(frames[start:start + n], sizes[start:start + n])
+    start += n
+  return idol.records(predictor.finish(), 7)
+
+
+def test_predictor_records(tiny_model):
   config = _tiny_config()
   # Random weights score ~0.01: open the thresholds so tracks are born and reported.
   config.tracker.select_thres = 0.
@@ -109,8 +138,7 @@ def test_predict_video_records(tiny_model):
   num_frames, orig = 5, (45, 48)
   frames = np.zeros((num_frames, 64, 64, 3), np.uint8)
   frames[:, :60, :64] = rng.integers(0, 255, size=(num_frames, 60, 64, 3))
-  video = {'video_id': 7, 'length': num_frames, 'orig_size': orig, 'image_size': (60, 64), 'frames': frames}
-  records = method.predict_video(model, video, config)
+  records = _records(config, model, frames, [num_frames], orig)
   assert records, 'open thresholds must produce tracks'
   gt = {'videos': [{'id': 7, 'length': num_frames, 'height': orig[0], 'width': orig[1]}],
         'categories': [{'id': i} for i in (3, 5, 7)]}
@@ -122,20 +150,19 @@ def test_predict_video_records(tiny_model):
       if seg is not None:
         assert seg['size'] == list(orig)
         assert mask_utils.decode(seg).shape == orig
-  # Chunking does not change the result (the last chunk is zero-padded), nor feeding the frames in pieces.
+  # Neither the detector batch (the last one zero-padded) nor the chunks the frames arrive in change the result.
   config.tracker.batch_infer_len = 10
-  predictor = method.VideoPredictor(model, config, video_id=7, length=num_frames, image_size=(60, 64),
-                                    orig_size=orig)
-  predictor.add_frames(frames[:3])
+  for chunks in ([3, 2], [1, 1, 1, 1, 1]):
+    again = _records(config, model, frames, chunks, orig)
+    assert len(again) == len(records)
+    for a, r in zip(again, records):
+      assert a['segmentations'] == r['segmentations'] and a['category_id'] == r['category_id']
+      assert abs(a['score'] - r['score']) < 1e-5
+  idol = registry.get_method(config)
+  predictor = idol.make_predictor(model, predictor_lib.VideoMeta(video_id=7, length=num_frames, orig_size=orig))
+  predictor.add_frames(frames[:3], np.tile([60, 64], (3, 1)))
   with pytest.raises(ValueError, match='3 of 5 frames'):
-    predictor.records()
-  predictor.add_frames(frames[3:])
-  again = predictor.records()
-  assert len(again) == len(records)
-  for a, r in zip(again, records):
-    assert a['segmentations'] == r['segmentations'] and a['category_id'] == r['category_id']
-    assert abs(a['score'] - r['score']) < 1e-5
-
+    predictor.finish()
 
 
 def test_perfect_detector_scores_ap_one(tiny_model):

@@ -4,9 +4,18 @@ selection, output masks vs torch, and id parity with a torch port of the officia
 import numpy as np
 import pytest
 
+from configs import idol_common
+from visjax.inference import postprocess
+from visjax.inference import tracks as tracks_lib
 from visjax.models.idol import tracker as tracker_lib
 
 H, W = 16, 16
+TRACKER = tracker_lib.tracker_settings(idol_common.idol_config(num_classes=40).tracker)
+
+
+def _tracker():
+  """The tracker with the official settings (configs/idol_common.py)."""
+  return tracker_lib.IDOLTracker.from_settings(TRACKER)
 
 
 def _box_mask(slot):
@@ -58,7 +67,7 @@ def _ids_by_mask(scene_frame, keep, ids):
 
 def test_birth_and_match():
   scene = Scene(3)
-  tr = tracker_lib.IDOLTracker()
+  tr = _tracker()
   f0 = scene.frame([0, 1, 2], scores=[0.9, 0.5, 0.1])  # 0.1 < init_score_thr: not born
   keep, ids = _match(tr, f0, 0)
   assert keep.all()
@@ -71,7 +80,7 @@ def test_birth_and_match():
 
 def test_occlusion_gap_reidentified_and_death():
   scene = Scene(2)
-  tr = tracker_lib.IDOLTracker()
+  tr = _tracker()
   for t in range(3):
     _, ids = _match(tr, scene.frame([0, 1]), t)
   assert sorted(ids) == [0, 1]
@@ -90,7 +99,7 @@ def test_occlusion_gap_reidentified_and_death():
 
 def test_track_survives_nine_frames_gap():
   scene = Scene(2)
-  tr = tracker_lib.IDOLTracker()
+  tr = _tracker()
   _match(tr, scene.frame([0, 1]), 0)
   for t in range(1, 10):
     _match(tr, scene.frame([0]), t)
@@ -101,7 +110,7 @@ def test_track_survives_nine_frames_gap():
 
 def test_backdrops_and_mask_nms():
   scene = Scene(2)
-  tr = tracker_lib.IDOLTracker()
+  tr = _tracker()
   rng = np.random.default_rng(1)
   junk = lambda: rng.normal(size=16).astype(np.float32)
   dup = (0.85, _box_mask(0), junk())  # same mask as object 0, lower score: removed by mask NMS
@@ -116,24 +125,36 @@ def test_backdrops_and_mask_nms():
   assert tr.num_tracklets == 2
 
 
+def _add(vt, t, ids, probs, encode):
+  tracker_lib.add_frame(vt, t, ids, probs, encode, filter_min_frames=TRACKER.filter_min_frames,
+                        filter_last_frames=TRACKER.filter_last_frames, filter_min_seen=TRACKER.filter_min_seen)
+
+
+def _results(vt, rule):
+  num_classes = len(vt.tracks()[0].class_scores) if vt.track_ids else 0
+  return [(r['score'], r['category_id'], r['segmentations'])
+          for r in tracks_lib.tracks_to_records(vt.tracks(), video_id=1, rule=rule,
+                                                category_ids=np.arange(num_classes))]
+
+
 def test_video_level_filter_and_scores():
-  vt = tracker_lib.VideoTracks(num_frames=12)
+  vt = tracks_lib.VideoTracks(num_frames=12)
   enc = lambda tid: (lambda k: {'id': tid})
   probs = lambda *p: np.array([p], np.float32)
   for t in range(12):
     if t < 2:  # id 5: seen twice, then gone: dropped once t > 8
-      vt.add_frame(t, np.array([5]), probs(0.9, 0.01), enc(5))
+      _add(vt, t, np.array([5]), probs(0.9, 0.01), enc(5))
     if t in (0, 1, 2):  # id 6: seen 3 times: kept
-      vt.add_frame(t, np.array([6]), probs(0.2 + 0.1 * t, 0.5), enc(6))
+      _add(vt, t, np.array([6]), probs(0.2 + 0.1 * t, 0.5), enc(6))
     if t in (9, 11):  # id 7: seen twice but recently (present in the last 2 frames): kept
-      vt.add_frame(t, np.array([7]), probs(0.04, 0.3), enc(7))
-    vt.add_frame(t, np.zeros(0, np.int64), np.zeros((0, 2), np.float32), enc(None))
-  assert list(vt.tracks) == [6, 7]
-  res = vt.results(multi_cls=True, apply_cls_thres=0.05)
+      _add(vt, t, np.array([7]), probs(0.04, 0.3), enc(7))
+    _add(vt, t, np.zeros(0, np.int64), np.zeros((0, 2), np.float32), enc(None))
+  assert vt.track_ids == [6, 7]
+  res = _results(vt, tracks_lib.RecordRule('threshold', threshold=0.05))
   assert [(round(s, 5), c) for s, c, _ in res] == [(0.3, 0), (0.5, 1), (0.3, 1)]
   segs = res[0][2]
   assert segs[:3] == [{'id': 6}] * 3 and segs[3:] == [None] * 9
-  single = vt.results(multi_cls=False)
+  single = _results(vt, tracks_lib.RecordRule('argmax'))
   assert [(round(s, 5), c) for s, c, _ in single] == [(0.5, 1), (0.3, 1)]
 
 
@@ -188,17 +209,17 @@ def test_parity_with_official_tracker(seed):
   from tests import idol_reference  # pylint: disable=g-import-not-at-top
   frames = _recorded_video(seed)
   ref_ids, ref_out = idol_reference.reference_video_inference(frames, idol_reference.ReferenceTracker())
-  tr = tracker_lib.IDOLTracker()
-  vt = tracker_lib.VideoTracks(len(frames))
+  tr = _tracker()
+  vt = tracks_lib.VideoTracks(len(frames))
   matched_some = weighted = 0
   for t, f in enumerate(frames):
     probs = f['probs']
-    keep, ids = tr.match(probs.max(1), probs.argmax(1), tracker_lib.sigmoid(f['masks']) > 0.5, f['embeds'], t)
+    keep, ids = tr.match(probs.max(1), probs.argmax(1), postprocess.sigmoid(f['masks']) > 0.5, f['embeds'], t)
     np.testing.assert_array_equal(ids, ref_ids[t].numpy(), err_msg=f'frame {t}')
     out = ids >= 0
-    vt.add_frame(t, ids[out], probs[keep][out], lambda k: True)
+    _add(vt, t, ids[out], probs[keep][out], lambda k: True)
     matched_some += int(np.sum(out))
-  res = vt.results()
+  res = _results(vt, tracks_lib.RecordRule('threshold', threshold=TRACKER.apply_cls_thres))
   assert len(res) == len(ref_out)
   for (s, c, segs), (rs, rc, present) in zip(res, ref_out):
     assert c == rc and abs(s - rs) < 1e-6

@@ -29,7 +29,7 @@ for data, model, rules in ((4, 2, [('backbone|head', 'fsdp')]), (8, 1, [])):
   workdir = f'{sys.argv[1]}/{data}x{model}'
   trainer.train(c, workdir)
   mesh = mesh_lib.create_mesh(c)
-  setup = trainer.build_setup(c, registry.get_method(c.method), mesh)
+  setup = trainer.build_setup(c, registry.get_method(c), mesh)
   specs = {mesh_lib.path_str(p): list(s.spec) for p, s in jax.tree_util.tree_leaves_with_path(
       setup.state_sharding, is_leaf=lambda x: isinstance(x, jax.sharding.NamedSharding))}
   out[f'{data}x{model}'] = {'log': train_toy.read_log(workdir), 'mesh': dict(mesh.shape), 'specs': specs}

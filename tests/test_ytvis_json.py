@@ -10,6 +10,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from data_pipeline import ytvis_json
+from visjax.evaluation import rle as rle_lib
 
 
 def _decode(rle) -> np.ndarray:
@@ -85,11 +86,11 @@ def test_compressed_rle_counts_matches_loop_oracle():
     else:
       mask = (rng.random((h, w)) < rng.random()).astype(np.uint8)
     rle = mask_utils.encode(np.asfortranarray(mask))
-    np.testing.assert_array_equal(ytvis_json.compressed_rle_counts(rle['counts'].decode()), _runs_oracle(mask))
+    np.testing.assert_array_equal(rle_lib.compressed_rle_counts(rle['counts'].decode()), _runs_oracle(mask))
   big = np.zeros((720, 1280), np.uint8)
   big[100:600, 200:900] = 1
   rle = mask_utils.encode(np.asfortranarray(big))
-  np.testing.assert_array_equal(ytvis_json.compressed_rle_counts(rle['counts'].decode()), _runs_oracle(big))
+  np.testing.assert_array_equal(rle_lib.compressed_rle_counts(rle['counts'].decode()), _runs_oracle(big))
 
 
 def test_uncompressed_rle_and_polygons_are_normalised(content):

@@ -1,6 +1,6 @@
 """A tiny test-only method and input source for the engine tests (not collected by pytest).
 
-Method (docs/INTERFACES.md §3): `backbone` 3×3 conv → ReLU → dropout (from the step rng) → `head` 1×1 conv giving
+Method (contract v2, docs/INTERFACES.md §3; `METHOD = ToyMethod`): `backbone` 3×3 conv → ReLU → dropout (from the step rng) → `head` 1×1 conv giving
 one foreground-mask logit and `C` class logits per pixel. Loss: `loss_mask` = BCE of the mask logit against the
 union of the instance masks, `loss_ce` = softmax CE of the mask-pooled class logits against each valid instance's
 label. A non-parameter variable `calls` (batch statistic) counts forward passes, so the non-param state is
@@ -10,7 +10,8 @@ Test helpers: `run_main` runs `python -m visjax.main` in a subprocess, `read_log
 
 Input source: `make_train_iterator(config, process_index, process_count)` yields the per-process share of a
 deterministic global batch (a pure function of the batch index), `get_state` / `set_state` hold the index.
-`eval_videos(config, process_index, process_count)` yields `config.toy_eval_videos` short videos.
+`eval_video_chunks(config, chunk_len, process_index, process_count, max_videos)` yields the chunks of
+`config.toy_eval_videos` short videos.
 """
 
 import json
@@ -25,9 +26,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from pycocotools import mask as mask_utils
 
 from configs import common
+from visjax.evaluation import results as results_lib
+from visjax.inference import predictor as predictor_lib
+from visjax.inference import tracks as tracks_lib
+from visjax.models import registry
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -35,7 +39,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.method = 'tests.train_toy'
   c.input.source = 'tests.train_toy'
   c.input.batch_size = 8
-  c.input.clip_len = 2
+  c.input.sampler = ml_collections.ConfigDict(dict(kind='reference', clip_len=2, frame_range=1))
+  c.input.augment = ml_collections.ConfigDict()
   c.input.max_instances = 3
   c.input.size = (16, 16)
   c.dataset.num_classes = 4
@@ -83,7 +88,8 @@ class Calls(nnx.BatchStat):
 class ToyModel(nnx.Module):
   """[N, H, W, 3] uint8 → ([N, H, W] mask logits, [N, H, W, C] class logits)."""
 
-  def __init__(self, num_classes: int, dtype: str, *, rngs: nnx.Rngs):
+  def __init__(self, num_classes: int, dtype: str, nan_at_step: int = -1, *, rngs: nnx.Rngs):
+    self.nan_at_step = nan_at_step
     self.backbone = nnx.Conv(3, 8, (3, 3), rngs=rngs)
     self.head = nnx.Conv(8, 1 + num_classes, (1, 1), rngs=rngs)
     self.calls = Calls(jnp.zeros((), jnp.float32))
@@ -100,73 +106,88 @@ class ToyModel(nnx.Module):
     return y[..., 0], y[..., 1:]
 
 
-def build_model(config: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> ToyModel:
-  dtype = config.train.compute_dtype
-  model = ToyModel(config.dataset.num_classes, dtype, rngs=rngs)
-  model.nan_at_step = int(config.get('toy_nan_at_step', -1))
-  if dtype != 'float32':
-    model.backbone.dtype = jnp.dtype(dtype)
-    model.head.dtype = jnp.dtype(dtype)
-  return model
+class ToyPredictor:
+  """One track per video: per frame the thresholded mask logit (nearest-resized to the original size); class
+  scores = softmax of the class logits averaged over all pixels of all frames."""
+
+  def __init__(self, model: ToyModel, video: predictor_lib.VideoMeta):
+    self.model, self.video = model, video
+    self.tracks = tracks_lib.VideoTracks(video.length)
+    self.logit_sum = 0.
+    self.pixels = 0
+    self.seen = 0
+
+  def add_frames(self, frames: np.ndarray, image_sizes: np.ndarray) -> None:
+    frames, image_sizes = predictor_lib.check_frames(self.video, self.seen, frames, image_sizes, 'toy')
+    mask_logit, cls_logit = self.model(jnp.asarray(frames))
+    oh, ow = self.video.orig_size
+    for i, (h, w) in enumerate(image_sizes):
+      m = np.asarray(mask_logit[i, :h, :w] > 0)[np.arange(oh) * h // oh][:, np.arange(ow) * w // ow]
+      self.tracks.add(1, self.seen + i, results_lib.encode_mask(m) if m.any() else None,
+                      np.zeros(cls_logit.shape[-1]))
+    self.logit_sum = self.logit_sum + np.asarray(cls_logit, np.float64).sum(axis=(0, 1, 2))
+    self.pixels += int(np.prod(cls_logit.shape[:3]))
+    self.seen += len(frames)
+
+  def finish(self) -> list[tracks_lib.Track]:
+    predictor_lib.check_finished(self.video, self.seen, 'toy')
+    probs = np.asarray(jax.nn.softmax(jnp.asarray(self.logit_sum / self.pixels, jnp.float32)))
+    return self.tracks.tracks(class_scores=lambda *_: probs)
 
 
-def loss_fn(model: ToyModel, batch: dict, *, rng: jax.Array, train: bool = True):
-  b, t, h, w, _ = batch['image'].shape
-  mask_logit, cls_logit = model(batch['image'].reshape(b * t, h, w, 3), rng=rng if train else None)
-  masks = batch['masks'].astype(jnp.float32)  # [B, T, N, H, W]
-  union = jnp.max(masks, axis=2).reshape(b * t, h, w)
-  loss_mask = jnp.mean(jnp.maximum(mask_logit, 0) - mask_logit * union + jnp.log1p(jnp.exp(-jnp.abs(mask_logit))))
-  cls_logit = cls_logit.reshape(b, t, h, w, -1)
-  area = jnp.sum(masks, axis=(1, 3, 4)) + 1.0  # [B, N]
-  pooled = jnp.einsum('btnhw,bthwc->bnc', masks, cls_logit) / area[..., None]
-  logp = jax.nn.log_softmax(pooled, axis=-1)
-  labels = jnp.maximum(batch['labels'], 0)
-  nll = -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
-  valid = batch['instance_valid'].astype(jnp.float32)
-  loss_ce = jnp.sum(nll * valid) / jnp.maximum(jnp.sum(valid), 1.0)
-  total = loss_mask + 0.5 * loss_ce
-  nan_at = getattr(model, 'nan_at_step', -1)
-  if nan_at >= 0:
-    total = jnp.where(model.calls.get_value() >= nan_at, jnp.nan, total)
-  return total, {'loss_mask': loss_mask, 'loss_ce': 0.5 * loss_ce}
+class ToyMethod(registry.Method):
+  """The toy method on contract v2."""
+
+  def build_model(self, rngs: nnx.Rngs) -> ToyModel:
+    dtype = self.config.train.compute_dtype
+    model = ToyModel(self.config.dataset.num_classes, dtype, int(self.config.get('toy_nan_at_step', -1)), rngs=rngs)
+    if dtype != 'float32':
+      model.backbone.dtype = jnp.dtype(dtype)
+      model.head.dtype = jnp.dtype(dtype)
+    return model
+
+  def loss_fn(self, model: ToyModel, batch: dict, *, rng: jax.Array, train: bool = True):
+    b, t, h, w, _ = batch['image'].shape
+    mask_logit, cls_logit = model(batch['image'].reshape(b * t, h, w, 3), rng=rng if train else None)
+    masks = batch['masks'].astype(jnp.float32)  # [B, T, N, H, W]
+    union = jnp.max(masks, axis=2).reshape(b * t, h, w)
+    loss_mask = jnp.mean(jnp.maximum(mask_logit, 0) - mask_logit * union
+                         + jnp.log1p(jnp.exp(-jnp.abs(mask_logit))))
+    cls_logit = cls_logit.reshape(b, t, h, w, -1)
+    area = jnp.sum(masks, axis=(1, 3, 4)) + 1.0  # [B, N]
+    pooled = jnp.einsum('btnhw,bthwc->bnc', masks, cls_logit) / area[..., None]
+    logp = jax.nn.log_softmax(pooled, axis=-1)
+    labels = jnp.maximum(batch['labels'], 0)
+    nll = -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
+    valid = batch['instance_valid'].astype(jnp.float32)
+    loss_ce = jnp.sum(nll * valid) / jnp.maximum(jnp.sum(valid), 1.0)
+    total = loss_mask + 0.5 * loss_ce
+    if model.nan_at_step >= 0:
+      total = jnp.where(model.calls.get_value() >= model.nan_at_step, jnp.nan, total)
+    return total, {'loss_mask': loss_mask, 'loss_ce': 0.5 * loss_ce}
+
+  def make_predictor(self, model: ToyModel, video: predictor_lib.VideoMeta) -> ToyPredictor:
+    return ToyPredictor(model, video)
+
+  def record_rule(self) -> tracks_lib.RecordRule:
+    return tracks_lib.RecordRule('argmax')
+
+  def conversion_rules(self):
+    """torch-layout keys of an equivalent nn.Conv2d pair → the NNX paths."""
+    from visjax import convert  # pylint: disable=g-import-not-at-top
+    return convert.RuleTable([
+        convert.Rule(r'(backbone|head)\.weight', r'\1.kernel', convert.conv_kernel),
+        convert.Rule(r'(backbone|head)\.bias', r'\1.bias'),
+    ])
 
 
-def predict_video(model: ToyModel, video: dict, config: ml_collections.ConfigDict) -> list[dict]:
-  """One track per video: the thresholded mask logit, resized to the original size, with the argmax class."""
-  h, w = video['image_size']
-  oh, ow = video['orig_size']
-  mask_logit, cls_logit = model(jnp.asarray(video['frames']))
-  masks = np.asarray(mask_logit[:, :h, :w] > 0)
-  rows = (np.arange(oh) * h // oh)
-  cols = (np.arange(ow) * w // ow)
-  masks = masks[:, rows][:, :, cols]
-  probs = np.asarray(jax.nn.softmax(cls_logit.mean(axis=(0, 1, 2))))
-  segs = []
-  for m in masks:
-    if m.any():
-      rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
-      segs.append({'size': [int(oh), int(ow)], 'counts': rle['counts'].decode('ascii')})
-    else:
-      segs.append(None)
-  label = int(np.argmax(probs))
-  return [{'video_id': int(video['video_id']), 'score': float(probs[label]),
-           'category_id': int(config.dataset.category_ids[label]), 'segmentations': segs}]
-
-
-def conversion_rules(config: ml_collections.ConfigDict):
-  """torch-layout keys of an equivalent nn.Conv2d pair → the NNX paths."""
-  del config
-  from visjax import convert  # pylint: disable=g-import-not-at-top
-  return convert.RuleTable([
-      convert.Rule(r'(backbone|head)\.weight', r'\1.kernel', convert.conv_kernel),
-      convert.Rule(r'(backbone|head)\.bias', r'\1.bias'),
-  ])
+METHOD = ToyMethod
 
 
 def _example(index: int, config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
   """Clip `index` of the toy dataset: squares of class-dependent colour on noise, as a batch row (§1 format)."""
   rng = np.random.default_rng([config.seed, index])
-  t, n = config.input.clip_len, config.input.max_instances
+  t, n = config.input.sampler.clip_len, config.input.max_instances
   h, w = config.input.size
   image = rng.integers(0, 60, (t, h, w, 3)).astype(np.uint8)
   masks = np.zeros((t, n, h, w), np.uint8)
@@ -222,12 +243,16 @@ def make_train_iterator(config, *, process_index: int = 0, process_count: int = 
   return ToyIterator(config, process_index, process_count)
 
 
-def eval_videos(config, *, process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, Any]]:
+def eval_video_chunks(config, *, chunk_len: int = 0, process_index: int = 0, process_count: int = 1,
+                      max_videos: int = -1) -> Iterator[dict[str, Any]]:
   h, w = config.input.size
-  for vid in range(process_index, config.toy_eval_videos, process_count):
-    ex = _example(10_000 + vid, config)
-    yield {'video_id': vid + 1, 'length': ex['image'].shape[0], 'orig_size': (h, w), 'image_size': (h, w),
-           'frames': ex['image']}
+  vids = list(range(process_index, config.toy_eval_videos, process_count))
+  for vid in vids[:max_videos] if max_videos >= 0 else vids:
+    frames = _example(10_000 + vid, config)['image']
+    step = chunk_len if chunk_len > 0 else len(frames)
+    for start in range(0, len(frames), step):
+      yield {'video_id': vid + 1, 'length': len(frames), 'orig_size': (h, w), 'image_size': (h, w), 'start': start,
+             'last': start + step >= len(frames), 'frames': frames[start:start + step]}
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

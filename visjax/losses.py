@@ -16,20 +16,28 @@ Definitions follow the official code the methods were trained with:
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 _NORMALIZE_EPS = 1e-12  # torch.nn.functional.normalize
 
 
+def _xp(x):
+  """The array namespace of `x`: the box utilities run on NumPy arrays on the host (trackers) as they are."""
+  return np if isinstance(x, np.ndarray) else jnp
+
+
 def box_cxcywh_to_xyxy(boxes: jax.Array) -> jax.Array:
-  """`[..., 4]` (cx, cy, w, h) -> (x0, y0, x1, y1)."""
-  cx, cy, w, h = jnp.moveaxis(boxes, -1, 0)
-  return jnp.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], axis=-1)
+  """`[..., 4]` (cx, cy, w, h) -> (x0, y0, x1, y1) (jax or NumPy arrays)."""
+  xp = _xp(boxes)
+  cx, cy, w, h = xp.moveaxis(boxes, -1, 0)
+  return xp.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], axis=-1)
 
 
 def box_xyxy_to_cxcywh(boxes: jax.Array) -> jax.Array:
-  """`[..., 4]` (x0, y0, x1, y1) -> (cx, cy, w, h)."""
-  x0, y0, x1, y1 = jnp.moveaxis(boxes, -1, 0)
-  return jnp.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], axis=-1)
+  """`[..., 4]` (x0, y0, x1, y1) -> (cx, cy, w, h) (jax or NumPy arrays)."""
+  xp = _xp(boxes)
+  x0, y0, x1, y1 = xp.moveaxis(boxes, -1, 0)
+  return xp.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], axis=-1)
 
 
 def box_area(boxes: jax.Array) -> jax.Array:
@@ -38,7 +46,7 @@ def box_area(boxes: jax.Array) -> jax.Array:
 
 
 def box_iou(boxes1: jax.Array, boxes2: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Pairwise IoU and union of xyxy boxes (torchvision / DETR form, no epsilon).
+  """Pairwise IoU and union of xyxy boxes (torchvision / DETR form, no epsilon; jax or NumPy arrays).
 
   Args:
     boxes1: `[..., N, 4]` xyxy.
@@ -47,11 +55,12 @@ def box_iou(boxes1: jax.Array, boxes2: jax.Array) -> tuple[jax.Array, jax.Array]
   Returns:
     `(iou, union)`, each `[..., N, M]`.
   """
+  xp = _xp(boxes1)
   area1 = box_area(boxes1)[..., :, None]
   area2 = box_area(boxes2)[..., None, :]
-  lt = jnp.maximum(boxes1[..., :, None, :2], boxes2[..., None, :, :2])
-  rb = jnp.minimum(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
-  wh = jnp.maximum(rb - lt, 0.)
+  lt = xp.maximum(boxes1[..., :, None, :2], boxes2[..., None, :, :2])
+  rb = xp.minimum(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
+  wh = xp.maximum(rb - lt, 0.)
   inter = wh[..., 0] * wh[..., 1]
   union = area1 + area2 - inter
   return inter / union, union

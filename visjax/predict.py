@@ -1,28 +1,35 @@
 """`--mode predict`: run a trained or converted model on one video (mp4 or a folder of frames).
 
-Writes the overlay (`config.predict.output`, relative to WORKDIR, default overlay.mp4; .gif / .mp4 / a directory
-for PNG frames)
-with one colour and label per track, and WORKDIR/tracks.json: per track its id, category, score and per-frame
-RLE (`None` where absent). Tracks below `config.predict.score_threshold` are dropped. The test-time resize is
-detectron2's ResizeShortestEdge(min_size_test, max_size_test) with zero padding to `size_divisibility`.
+The video is read and fed to the method's streaming predictor in chunks of `config.eval.chunk_len` frames, resized
+exactly as eval resizes its frames (`data_pipeline.input.resize_test_frames`: shortest edge `min_size_test`
+capped by `max_size_test`, or `test_fixed_size`; zero padding to `size_divisibility`). Writes the overlay
+(`config.predict.output`, relative to WORKDIR, default overlay.mp4; .gif / .mp4 / a directory for PNG frames) with
+one colour and one label per track (its best class), and WORKDIR/tracks_<input name>.json: per track its id,
+class scores, best category, score and per-frame RLE (`None` where absent). Tracks whose best score is below
+`config.predict.score_threshold` are dropped.
 """
+
+from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Iterator
 
 from absl import logging
 import ml_collections
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
+import tqdm
 
 from visjax import visualize
+from visjax.inference import predictor as predictor_lib
+from visjax.inference import tracks as tracks_lib
 from visjax.models import registry
 
 _FRAME_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
 _VIDEO_EXTS = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.gif')
-TRACKS_JSON = 'tracks.json'
+_OUTPUT_EXTS = ('.mp4', '.gif', '')  # '' = a directory of PNG frames
 
 
 def check_input(path: str) -> None:
@@ -38,75 +45,114 @@ def check_input(path: str) -> None:
     raise ValueError(f'config.predict.input={path!r}: unsupported video type (use {", ".join(_VIDEO_EXTS)}).')
 
 
-def read_video(path: str) -> np.ndarray:
-  """Frames uint8 `[T, H, W, 3]` RGB from a video file (imageio) or a folder of images (sorted by name)."""
+def check_output(path: str) -> None:
+  """Fails fast on an overlay path of a type the writers do not produce."""
+  ext = os.path.splitext(path)[1].lower()
+  if ext not in _OUTPUT_EXTS:
+    raise ValueError(f'config.predict.output={path!r}: unsupported overlay type {ext!r} (use .mp4, .gif, or a '
+                     'directory name for PNG frames).')
+
+
+def iter_frames(path: str) -> Iterator[np.ndarray]:
+  """Frames uint8 `[H, W, 3]` RGB one at a time from a video file (imageio) or a folder of images (by name)."""
   if os.path.isdir(path):
-    names = sorted(f for f in os.listdir(path) if f.lower().endswith(_FRAME_EXTS))
-    frames = [np.asarray(Image.open(os.path.join(path, n)).convert('RGB')) for n in names]
-    shapes = {f.shape for f in frames}
-    if len(shapes) != 1:
-      raise ValueError(f'Frames in {path} have different sizes: {sorted(shapes)}.')
-    return np.stack(frames)
+    shape = None
+    for name in sorted(f for f in os.listdir(path) if f.lower().endswith(_FRAME_EXTS)):
+      frame = np.asarray(Image.open(os.path.join(path, name)).convert('RGB'))
+      if shape is not None and frame.shape != shape:
+        raise ValueError(f'Frames in {path} have different sizes: {shape} and {frame.shape} ({name}).')
+      shape = frame.shape
+      yield frame
+    return
   import imageio.v3 as iio  # pylint: disable=g-import-not-at-top
-  frames = np.asarray(iio.imread(path, index=None))
-  if frames.ndim != 4 or frames.shape[0] == 0:
-    raise ValueError(f'Could not decode frames from {path} (got an array of shape {frames.shape}).')
-  return frames[..., :3].astype(np.uint8)
+  count = 0
+  for frame in iio.imiter(path):
+    count += 1
+    yield np.asarray(frame)[..., :3].astype(np.uint8)
+  if count == 0:
+    raise ValueError(f'Could not decode any frame from {path}.')
 
 
-def resize_shape(h: int, w: int, min_size: int, max_size: int) -> tuple[int, int]:
-  """detectron2 ResizeShortestEdge.get_output_shape."""
-  scale = min_size / min(h, w)
-  nh, nw = h * scale, w * scale
-  if max(nh, nw) > max_size:
-    scale = max_size / max(nh, nw)
-    nh, nw = nh * scale, nw * scale
-  return int(nh + 0.5), int(nw + 0.5)
+def read_video(path: str) -> np.ndarray:
+  """All frames uint8 `[T, H, W, 3]` (for the overlay)."""
+  return np.stack(list(iter_frames(path)))
 
 
-def prepare_video(frames: np.ndarray, config: ml_collections.ConfigDict, video_id: int = 1) -> dict[str, Any]:
-  """Frames `[T, H, W, 3]` → the eval video dict of docs/INTERFACES.md §2."""
-  t, h, w, _ = frames.shape
-  nh, nw = resize_shape(h, w, config.input.min_size_test, config.input.max_size_test)
-  div = config.input.size_divisibility
-  ph, pw = -(-nh // div) * div, -(-nw // div) * div
-  out = np.zeros((t, ph, pw, 3), np.uint8)
-  for i, f in enumerate(frames):
-    out[i, :nh, :nw] = np.asarray(Image.fromarray(f).resize((nw, nh), Image.BILINEAR))
-  return {'video_id': video_id, 'length': t, 'orig_size': (h, w), 'image_size': (nh, nw), 'frames': out}
+def count_frames(path: str) -> int:
+  """Number of frames of the input (decodes a video file once without keeping frames)."""
+  if os.path.isdir(path):
+    return sum(f.lower().endswith(_FRAME_EXTS) for f in os.listdir(path))
+  return sum(1 for _ in iter_frames(path))
 
 
-def _label(record: dict, track: int, names: dict[int, str]) -> str:
-  return f'{track} {names.get(record["category_id"], record["category_id"])} {record["score"]:.2f}'
+def chunked(frames: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
+  """Stacks of at most `size` consecutive frames."""
+  buf = []
+  for frame in frames:
+    buf.append(frame)
+    if len(buf) == size:
+      yield np.stack(buf)
+      buf = []
+  if buf:
+    yield np.stack(buf)
+
+
+def predict_tracks(config: ml_collections.ConfigDict, method: registry.Method, model: Any,
+                   path: str) -> tuple[list[tracks_lib.Track], tuple[int, int], int]:
+  """Streams the video at `path` through the method's predictor: (tracks, original (H, W), number of frames)."""
+  from data_pipeline import input as input_lib  # pylint: disable=g-import-not-at-top
+  length = count_frames(path)
+  resize = input_lib.resize_settings(config)
+  chunk_len = max(1, int(config.eval.get('chunk_len', 0)) or length)
+  predictor, orig_size = None, None
+  with tqdm.tqdm(total=length, desc='predict', unit='frame') as bar:
+    for chunk in chunked(iter_frames(path), chunk_len):
+      if predictor is None:
+        orig_size = tuple(int(s) for s in chunk.shape[1:3])
+        predictor = method.make_predictor(model, predictor_lib.VideoMeta(video_id=1, length=length,
+                                                                          orig_size=orig_size))
+      frames, image_size = input_lib.resize_test_frames(chunk, resize)
+      predictor.add_frames(frames, np.tile(np.asarray(image_size, np.int32), (len(frames), 1)))
+      bar.update(len(frames))
+  return predictor.finish(), orig_size, length
+
+
+def _decode(seg: dict | None, size: tuple[int, int]) -> np.ndarray:
+  return mask_utils.decode(seg).astype(bool) if seg else np.zeros(size, bool)
 
 
 def predict(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
   """Runs predict mode; returns {'overlay': path, 'tracks': path}."""
+  from visjax.train import evaluate  # pylint: disable=g-import-not-at-top
   from visjax.train import restore  # pylint: disable=g-import-not-at-top
   path = config.predict.input
   check_input(path)
-  source = restore.describe_weights(config, workdir)  # raises before any heavy work
-  logging.info('Predicting %s with %s', path, source)
-  frames = read_video(path)
-  video = prepare_video(frames, config)
-  model = restore.load_model(config, workdir)
-  method = registry.get_method(config.method)
-  records = method.predict_video(model, video, config)
-  records = sorted((r for r in records if r['score'] >= config.predict.score_threshold), key=lambda r: -r['score'])
-  names = dict(zip(config.dataset.category_ids, config.dataset.get('category_names', ())))
-  h, w = frames.shape[1:3]
-  masks, labels, tracks = [], [], []
-  for track, r in enumerate(records, start=1):
-    m = np.stack([mask_utils.decode(s).astype(bool) if s else np.zeros((h, w), bool) for s in r['segmentations']])
-    masks.append(m)
-    labels.append(_label(r, track, names))
-    tracks.append(dict(r, track_id=track, category_name=names.get(r['category_id'], '')))
-  os.makedirs(workdir, exist_ok=True)
   out = os.path.join(workdir, config.predict.output or 'overlay.mp4')  # relative paths land in workdir
+  check_output(out)
+  source = restore.describe_weights(config, workdir)  # raises before any heavy work
+  evaluate.fill_categories(config)
+  logging.info('Predicting %s with %s', path, source)
+  method = registry.get_method(config)
+  model = restore.load_model(config, workdir)
+  tracks, (h, w), _ = predict_tracks(config, method, model, path)
+  table = tracks_lib.category_table(config.dataset.category_ids, int(config.dataset.num_classes))
+  names = dict(zip(config.dataset.category_ids, config.dataset.get('category_names', ())))
+  best = lambda t: float(np.max(t.class_scores))
+  kept = sorted((t for t in tracks if best(t) >= config.predict.score_threshold), key=lambda t: -best(t))
+  rows = []
+  for t in kept:
+    category = int(table[int(np.argmax(t.class_scores))])
+    rows.append({'track_id': t.track_id, 'category_id': category, 'category_name': names.get(category, ''),
+                 'score': best(t), 'class_scores': [float(x) for x in t.class_scores],
+                 'frame_scores': t.frame_scores, 'segmentations': t.segmentations})
+  frames = read_video(path)
+  masks = [np.stack([_decode(s, (h, w)) for s in t.segmentations]) for t in kept]
+  labels = [f'{r["track_id"]} {r["category_name"] or r["category_id"]} {r["score"]:.2f}' for r in rows]
+  os.makedirs(workdir, exist_ok=True)
   visualize.write_video(visualize.overlay_video(frames, masks, labels), out, fps=config.predict.get('fps', 6.0))
-  tracks_path = os.path.join(workdir, TRACKS_JSON)
+  stem = os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
+  tracks_path = os.path.join(workdir, f'tracks_{stem}.json')
   with open(tracks_path, 'w') as f:
-    json.dump({'input': path, 'num_frames': int(len(frames)), 'height': int(h), 'width': int(w),
-               'tracks': tracks}, f)
-  logging.info('Wrote %s (%d tracks) and %s', out, len(tracks), tracks_path)
+    json.dump({'input': path, 'num_frames': int(len(frames)), 'height': int(h), 'width': int(w), 'tracks': rows}, f)
+  logging.info('Wrote %s (%d tracks) and %s', out, len(rows), tracks_path)
   return {'overlay': out, 'tracks': tracks_path}

@@ -213,41 +213,6 @@ def oracle_results(gt) -> list[dict]:
   return records
 
 
-class VideoTracks:
-  """Per-frame RLEs of the tracks of one video, filled frame by frame.
-
-  A tracker encodes each mask as soon as it is produced, so memory per track is its RLE strings, never a
-  [T, H, W] mask stack.
-  """
-
-  def __init__(self, video_id: int, num_frames: int, height: int, width: int):
-    self.video_id = video_id
-    self.num_frames = num_frames
-    self.size = (height, width)
-    self._segmentations: dict = {}
-
-  @property
-  def track_ids(self) -> list:
-    return list(self._segmentations)
-
-  def add(self, track_id, frame_index: int, mask: np.ndarray) -> None:
-    """Stores the mask [H, W] of `track_id` in frame `frame_index` (as RLE)."""
-    if tuple(np.shape(mask)) != self.size:
-      raise ValueError(f'video {self.video_id}: mask shape {np.shape(mask)} != video size {self.size}')
-    self.add_rle(track_id, frame_index, encode_mask(mask))
-
-  def add_rle(self, track_id, frame_index: int, rle: dict) -> None:
-    if not 0 <= frame_index < self.num_frames:
-      raise ValueError(f'video {self.video_id}: frame index {frame_index} outside [0, {self.num_frames})')
-    frames = self._segmentations.setdefault(track_id, [None] * self.num_frames)
-    frames[frame_index] = _json_rle(rle)
-
-  def record(self, track_id, category_id: int, score: float) -> dict:
-    """The result record of one track with the given category and score."""
-    return {'video_id': self.video_id, 'category_id': int(category_id), 'score': float(score),
-            'segmentations': list(self._segmentations[track_id])}
-
-
 class VideoResultWriter:
   """Streams result records into `out_dir/results.json` and, on close, zips it for CodaLab.
 

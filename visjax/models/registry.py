@@ -1,24 +1,77 @@
-"""Method registry: `get_method(name)` → the method's `build_model`, `loss_fn`, `predict_video`, `conversion_rules`.
+"""Method contract v2 (docs/INTERFACES.md §3): `get_method(config)` → a `Method` built once from the config.
 
-A method is a module exposing the interface of docs/INTERFACES.md §3. `name` is either a package under
+A method is a subclass of `Method` exposed by its module as `METHOD`. `config.method` is a package under
 `visjax/models/` (`'idol'` → `visjax.models.idol.method`) or a dotted module path (`'mypkg.my_method'`), so
-projects and tests can plug in their own methods without touching visjax.
+projects and tests plug in their own methods without touching visjax.
+
+The method owns the config: it reads what it needs once in `__init__` (settings that shape a jitted graph as
+frozen, hashable dataclasses), and every other call takes only models, batches and RNGs.
 """
 
-import dataclasses
+from __future__ import annotations
+
+import abc
 import importlib
-from typing import Any, Callable
+from typing import Any
 
-_REQUIRED = ('build_model', 'loss_fn', 'predict_video')
+from flax import nnx
+import jax
+import ml_collections
+
+from visjax.inference import predictor as predictor_lib
+from visjax.inference import tracks as tracks_lib
 
 
-@dataclasses.dataclass(frozen=True)
-class Method:
-  name: str
-  build_model: Callable[..., Any]
-  loss_fn: Callable[..., Any]
-  predict_video: Callable[..., Any]
-  conversion_rules: Callable[..., Any] | None
+class Method(abc.ABC):
+  """Base class of every method. Subclasses implement the abstract methods; `config` is the full config."""
+
+  name: str = ''
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+    num_classes = config.dataset.get('num_classes', None)
+    model_classes = config.get('model', {}).get('num_classes', None)
+    if num_classes is not None and model_classes is not None and int(num_classes) != int(model_classes):
+      raise ValueError(f'config.dataset.num_classes={num_classes} but config.model.num_classes={model_classes}: '
+                       'they must agree (set both, e.g. --config.dataset.num_classes=N --config.model.num_classes=N).')
+
+  @abc.abstractmethod
+  def build_model(self, rngs: nnx.Rngs) -> nnx.Module:
+    """The method's model, randomly initialised from `rngs`."""
+
+  @abc.abstractmethod
+  def loss_fn(self, model: nnx.Module, batch: dict[str, Any], *, rng: jax.Array,
+              train: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """`(total, terms)`: the weighted scalar loss of a training batch (docs/INTERFACES.md §1) and every weighted
+    term by name. Jittable: called inside `jax.jit` on `nnx.merge(graphdef, state)`; no host callbacks."""
+
+  @abc.abstractmethod
+  def make_predictor(self, model: nnx.Module, video: predictor_lib.VideoMeta) -> predictor_lib.Predictor:
+    """A streaming predictor for one video (`visjax.inference.predictor`)."""
+
+  @abc.abstractmethod
+  def record_rule(self) -> tracks_lib.RecordRule:
+    """How this method's tracks become CodaLab records (`visjax.inference.tracks`)."""
+
+  def conversion_rules(self):
+    """Official checkpoint keys → NNX state paths (`visjax.convert.RuleTable`)."""
+    raise NotImplementedError(f'Method {self.name!r} has no conversion rules: it cannot port official checkpoints.')
+
+  def input_spec(self) -> ml_collections.ConfigDict:
+    """What the training input must produce: `config.input.sampler` and `config.input.augment` (data, see
+    docs/INTERFACES.md §1); the default returns them as configured."""
+    inp = self.config.input
+    for field in ('sampler', 'augment'):
+      if field not in inp:
+        raise ValueError(f'config.input.{field} is missing: method {self.name!r} configs set it (see '
+                         'configs/input_recipes.py).')
+    return ml_collections.ConfigDict({'sampler': inp.sampler, 'augment': inp.augment,
+                                      'augment_pseudo': inp.get('augment_pseudo', {})})
+
+  def records(self, tracks: list[tracks_lib.Track], video_id: Any) -> list[dict]:
+    """CodaLab records of one video's tracks under `record_rule()` and the dataset's category table."""
+    table = tracks_lib.category_table(self.config.dataset.category_ids, int(self.config.dataset.num_classes))
+    return tracks_lib.tracks_to_records(tracks, video_id=video_id, rule=self.record_rule(), category_ids=table)
 
 
 def module_name(name: str) -> str:
@@ -27,8 +80,9 @@ def module_name(name: str) -> str:
   return name if '.' in name else f'visjax.models.{name}.method'
 
 
-def get_method(name: str) -> Method:
-  """Imports the method module for `name` and checks that it has the interface functions."""
+def get_method(config: ml_collections.ConfigDict) -> Method:
+  """Imports the module of `config.method` and builds its `METHOD` class from `config`."""
+  name = config.method
   mod_name = module_name(name)
   try:
     module = importlib.import_module(mod_name)
@@ -36,8 +90,10 @@ def get_method(name: str) -> Method:
     if e.name and mod_name.startswith(e.name):
       raise ValueError(f'Unknown method {name!r}: module {mod_name} not found.') from e
     raise
-  missing = [f for f in _REQUIRED if not callable(getattr(module, f, None))]
-  if missing:
-    raise ValueError(f'Method module {mod_name} lacks {missing} (see docs/INTERFACES.md §3).')
-  return Method(name=name, build_model=module.build_model, loss_fn=module.loss_fn,
-                predict_video=module.predict_video, conversion_rules=getattr(module, 'conversion_rules', None))
+  cls = getattr(module, 'METHOD', None)
+  if not (isinstance(cls, type) and issubclass(cls, Method)):
+    raise ValueError(f'Method module {mod_name} must define METHOD, a subclass of visjax.models.registry.Method '
+                     '(see docs/INTERFACES.md §3).')
+  method = cls(config)
+  method.name = method.name or name
+  return method

@@ -10,9 +10,11 @@ from absl import logging
 from flax import nnx
 import jax
 import ml_collections
+import orbax.checkpoint as ocp
 
 from visjax.models import registry
 from visjax.train import checkpoint as ckpt_lib
+from visjax.train import init_from
 from visjax.train import mesh as mesh_lib
 from visjax.train import trainer
 
@@ -37,22 +39,23 @@ def describe_weights(config: ml_collections.ConfigDict, workdir: str) -> str:
 def load_model(config: ml_collections.ConfigDict, workdir: str) -> nnx.Module:
   """Builds `config.method`'s model on the config's mesh and loads the weights found by `describe_weights`."""
   source = describe_weights(config, workdir)
-  method = registry.get_method(config.method)
+  method = registry.get_method(config)
   mesh = mesh_lib.create_mesh(config)
   with jax.set_mesh(mesh):
     setup = trainer.build_setup(config, method, mesh)
-    checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, trainer.CHECKPOINT_DIR),
-                                         keep=config.train.keep_checkpoints)
-    latest = checkpointer.latest_step()
-    if latest is not None:
-      state, _ = checkpointer.restore(latest, setup.abstract_state)
-      params, rest = state['params'], state['rest']
+    item = init_from.training_checkpoint(workdir)
+    if item is not None:  # parameters and model state only: the optimizer state is never read
+      abstract = {'params': setup.abstract_state['params'],
+                  'rest': ckpt_lib.abstract_saveable(setup.abstract_state['rest'])}
+      restored = ocp.PyTreeCheckpointer().restore(item, args=ocp.args.PyTreeRestore(
+          item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract), partial_restore=True))
+      params = restored['params']
+      rest = ckpt_lib.from_saveable(restored['rest'], setup.abstract_state['rest'])
     else:
       state = setup.init_fn()
       converted = os.path.join(workdir, trainer.CONVERTED_DIR)
       path = converted if os.path.isdir(converted) else config.init_from
       params, rest = trainer.load_pretrained(config, method, setup, state, path)
-    checkpointer.close()
   logging.info('Loaded weights from %s', source)
   return nnx.merge(setup.graphdef, params, rest)
 
@@ -68,8 +71,8 @@ def convert_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> str:
     raise ValueError('--mode convert needs --config.init_from=PATH to an official checkpoint.')
   if not os.path.isfile(config.init_from):
     raise FileNotFoundError(f'config.init_from={config.init_from!r} is not a file.')
-  method = registry.get_method(config.method)
-  model = method.build_model(config, rngs=nnx.Rngs(config.seed))
+  method = registry.get_method(config)
+  model = method.build_model(nnx.Rngs(config.seed))
   trainer.convert_official(config, method, model, config.init_from)
   out = os.path.join(workdir, trainer.CONVERTED_DIR)
   os.makedirs(workdir, exist_ok=True)

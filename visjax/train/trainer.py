@@ -67,7 +67,7 @@ def build_setup(config: ml_collections.ConfigDict, method: registry.Method,
   """Abstract model → graphdef, optimizer, shardings from `config.mesh.fsdp_rules`, and a sharded init."""
 
   def make_model():
-    return method.build_model(config, rngs=nnx.Rngs(config.seed))
+    return method.build_model(nnx.Rngs(config.seed))
 
   graphdef, abs_params, _ = _split_model(nnx.eval_shape(make_model))
   tx = optim.make_optimizer(config, abs_params)
@@ -149,15 +149,16 @@ def load_pretrained(config: ml_collections.ConfigDict, method: registry.Method, 
                     state: Any, path: str) -> tuple[Any, Any]:
   """(params, rest) of `state` overwritten from `path`, placed on the state's shardings.
 
-  `path`: a converted orbax checkpoint (`--mode convert` writes WORKDIR/converted) or an official checkpoint file
-  (.pth / .npz / .safetensors) ported on the fly with the method's `conversion_rules` (strict: missing,
-  unexpected or mis-shaped keys raise `visjax.convert.ConversionError` listing them, unless waived by
-  `config.convert.allow_*` regexes).
+  `path`: a visjax training run (its WORKDIR or WORKDIR/checkpoints: parameters and model state of the latest step,
+  optimizer fresh), a converted orbax checkpoint (`--mode convert` writes WORKDIR/converted), or an official
+  checkpoint file (.pth / .npz / .safetensors) ported on the fly with the method's `conversion_rules` (strict:
+  missing, unexpected or mis-shaped keys raise `visjax.convert.ConversionError` listing them, unless waived by
+  `config.convert.allow_*` regexes). Orbax sources load through `init_from.load_state` with `config.init_reinit`.
   """
-  from visjax import convert  # pylint: disable=g-import-not-at-top
+  from visjax.train import init_from  # pylint: disable=g-import-not-at-top
   model = nnx.merge(setup.graphdef, state['params'], state['rest'])
   if os.path.isdir(path):
-    convert.load_converted(path, model)
+    init_from.load_state(model, path, reinit=tuple(config.get('init_reinit', ())))
   elif os.path.isfile(path):
     convert_official(config, method, model, path)
   else:
@@ -169,12 +170,10 @@ def load_pretrained(config: ml_collections.ConfigDict, method: registry.Method, 
 
 def convert_official(config: ml_collections.ConfigDict, method: registry.Method, model: nnx.Module,
                      path: str) -> Any:
-  """Fills `model` in place from an official checkpoint file via `method.conversion_rules(config)`."""
+  """Fills `model` in place from an official checkpoint file via `method.conversion_rules()`."""
   from visjax import convert  # pylint: disable=g-import-not-at-top
-  if method.conversion_rules is None:
-    raise ValueError(f'Method {method.name!r} has no conversion_rules: cannot port {path}.')
   allow = config.get('convert', ml_collections.ConfigDict())
-  report = convert.convert(path, model, method.conversion_rules(config),
+  report = convert.convert(path, model, method.conversion_rules(),
                            allow_missing=tuple(allow.get('allow_missing', ())),
                            allow_unexpected=tuple(allow.get('allow_unexpected', ())),
                            allow_shape_mismatch=tuple(allow.get('allow_shape_mismatch', ())))
@@ -312,7 +311,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   Returns:
     The metrics of the last step (host floats).
   """
-  method = registry.get_method(config.method)
+  method = registry.get_method(config)
   mesh = mesh_lib.create_mesh(config)
   mesh_lib.check_batch_divisible(config.input.batch_size, mesh, config.train.grad_accum)
   is_main = jax.process_index() == 0

@@ -13,7 +13,6 @@ import dataclasses
 from typing import Any, Sequence
 
 from flax import nnx
-import ml_collections
 
 from visjax.models.backbones import resnet
 from visjax.models.backbones import swin
@@ -21,27 +20,30 @@ from visjax.models.backbones import swin
 KINDS = ('resnet', 'resnet_tv', 'swin')
 
 
-def build_backbone(c: ml_collections.ConfigDict, *, out_features: Sequence[str], dtype: Any,
+def build_backbone(c: Any, *, out_features: Sequence[str], dtype: Any,
                    rngs: nnx.Rngs) -> tuple[nnx.Module, dict[str, int]]:
-  """The backbone of `config.model` returning `out_features`, and the channels of each returned map."""
-  kind = c.get('backbone', 'resnet')
+  """The backbone of `c` (a `config.model` ConfigDict or a settings dataclass with the fields above) returning
+  `out_features`, and the channels of each returned map."""
+  kind = getattr(c, 'backbone', 'resnet')
   if kind in ('resnet', 'resnet_tv'):
-    width = int(c.get('backbone_width', 64))
+    width = int(getattr(c, 'backbone_width', 64))
     if kind == 'resnet':
       net = resnet.resnet_d2(c.backbone_depth, out_features=out_features, freeze_at=c.freeze_at,
-                             norm=c.get('backbone_norm', 'FrozenBN'), width=width, dtype=dtype, rngs=rngs)
+                             norm=getattr(c, 'backbone_norm', 'FrozenBN'), width=width, dtype=dtype, rngs=rngs)
     else:
       net = resnet.resnet_tv(c.backbone_depth, out_features=out_features, frozen_stages=c.freeze_at - 1,
                              dtype=dtype, rngs=rngs)
     expansion = 4 if resnet.DEPTHS[c.backbone_depth].bottleneck else 1
     return net, {f: width * 2**resnet.STAGE_NAMES.index(f) * expansion for f in net.out_features}
   if kind == 'swin':
-    fields = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in c.swin.items()}
-    try:
-      size = swin.SwinConfig(**fields)
-    except TypeError as e:
-      known = [f.name for f in dataclasses.fields(swin.SwinConfig)]
-      raise ValueError(f'config.model.swin: {e}; fields are {known}.') from e
+    size = c.swin
+    if not isinstance(size, swin.SwinConfig):
+      fields = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in size.items()}
+      try:
+        size = swin.SwinConfig(**fields)
+      except TypeError as e:
+        known = [f.name for f in dataclasses.fields(swin.SwinConfig)]
+        raise ValueError(f'config.model.swin: {e}; fields are {known}.') from e
     net = swin.SwinTransformer(size, out_features=out_features, dtype=dtype, rngs=rngs)
     return net, {f: net.num_features[swin.STAGE_NAMES.index(f)] for f in net.out_features}
   raise ValueError(f'config.model.backbone must be one of {KINDS}, got {kind!r}.')

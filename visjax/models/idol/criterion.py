@@ -22,6 +22,7 @@ both frames. Normalisation: the official code divides by the number of matched q
 `num_boxes` argument is overwritten in every loss); here the count is over the whole (global) batch, clamped ≥ 1.
 """
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -30,44 +31,37 @@ import ml_collections
 
 from visjax import losses
 from visjax import matching
+from visjax.models import settings
 
 
-def default_loss_config() -> ml_collections.ConfigDict:
-  """The official IDOL loss settings (`config.loss` of the IDOL configs carries the same fields)."""
-  c = ml_collections.ConfigDict()
-  c.class_weight = 2.0
-  c.bbox_weight = 5.0
-  c.giou_weight = 2.0
-  c.mask_weight = 2.0
-  c.dice_weight = 5.0
-  c.reid_weight = 2.0
-  c.reid_aux_weight = 3.0
-  c.focal_alpha = 0.25
-  c.focal_gamma = 2.0
-  c.deep_supervision = True
-  c.mask_out_stride = 4
-  c.simota_giou_cost = 3.0
-  c.simota_center_cost = 100.0
-  c.simota_fg_cost = 10000.0
-  c.simota_center_radius = 2.5
-  c.simota_expanded_stride = 32
-  c.simota_candidate_k = 10
-  c.contrast_pos_candidate_k = 10
-  c.contrast_neg_candidate_k = 100
-  c.contrast_aux_neg_ratio = 10
-  return c
+@dataclasses.dataclass(frozen=True)
+class LossSettings:
+  """The fields of `config.loss` (official values and meaning in `configs/idol_common.py`)."""
+  class_weight: float
+  bbox_weight: float
+  giou_weight: float
+  mask_weight: float
+  dice_weight: float
+  reid_weight: float
+  reid_aux_weight: float
+  focal_alpha: float
+  focal_gamma: float
+  deep_supervision: bool
+  mask_out_stride: int
+  simota_giou_cost: float
+  simota_center_cost: float
+  simota_fg_cost: float
+  simota_center_radius: float
+  simota_expanded_stride: int
+  simota_candidate_k: int
+  contrast_pos_candidate_k: int
+  contrast_neg_candidate_k: int
+  contrast_aux_neg_ratio: int
 
 
-def resolve_loss_config(loss_config: ml_collections.ConfigDict | None) -> ml_collections.ConfigDict:
-  """`default_loss_config()` overridden by the given fields; unknown fields are an error."""
-  c = default_loss_config()
-  if loss_config is None:
-    return c
-  unknown = sorted(set(loss_config.keys()) - set(c.keys()))
-  if unknown:
-    raise ValueError(f'config.loss: unknown field(s) {unknown}; known: {sorted(c.keys())}.')
-  c.update(dict(loss_config.items()))
-  return c
+def loss_settings(section: ml_collections.ConfigDict | None) -> LossSettings:
+  """`LossSettings` from `config.loss`; every field is required (one error lists the missing / unknown ones)."""
+  return settings.from_config(LossSettings, section, 'config.loss')
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -76,7 +70,7 @@ def resolve_loss_config(loss_config: ml_collections.ConfigDict | None) -> ml_col
 
 
 def simota_cost(probs: jax.Array, boxes: jax.Array, gt_boxes: jax.Array, gt_labels: jax.Array, gt_valid: jax.Array,
-                cfg: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array]:
+                cfg: LossSettings) -> tuple[jax.Array, jax.Array]:
   """IDOL's SimOTA cost and IoUs for one frame.
 
   cost = focal_cls + giou_cost·(−GIoU) + center_cost·¬(in box ∧ in centre) + fg_cost·¬(in any box ∨ in any centre)
@@ -277,7 +271,7 @@ def clip_targets(batch: dict[str, Any]) -> dict[str, jax.Array]:
 
 
 def idol_loss(outputs: dict[str, jax.Array], batch: dict[str, Any], *, rng: jax.Array,
-              loss_config: ml_collections.ConfigDict | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+              loss_config: LossSettings) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The IDOL training loss of one batch of clips.
 
   Args:
@@ -286,12 +280,12 @@ def idol_loss(outputs: dict[str, jax.Array], batch: dict[str, Any], *, rng: jax.
       `pred_embeds [2B, Q, E]`.
     batch: the `[B, 2, ...]` training batch (docs/INTERFACES.md §1).
     rng: PRNG key (aux-loss negative sampling).
-    loss_config: `config.loss` fields (None: the official defaults).
+    loss_config: the loss settings (`loss_settings(config.loss)`).
 
   Returns:
     `(total, terms)`: the weighted sum and every weighted term (`loss_ce`, ..., `loss_reid_aux`, `loss_ce_0`, ...).
   """
-  cfg = resolve_loss_config(loss_config)
+  cfg = loss_config
   gts = clip_targets(batch)
   logits, boxes, masks = outputs['pred_logits'], outputs['pred_boxes'], outputs['pred_masks']
   num_layers = logits.shape[0]
@@ -319,6 +313,6 @@ def idol_loss(outputs: dict[str, jax.Array], batch: dict[str, Any], *, rng: jax.
   weighted = {}
   for name, value in terms.items():
     base = name if name in _WEIGHT_FIELDS else name.rsplit('_', 1)[0]
-    weighted[name] = value * cfg[_WEIGHT_FIELDS[base]]
+    weighted[name] = value * getattr(cfg, _WEIGHT_FIELDS[base])
   total = sum(weighted.values())
   return total, weighted

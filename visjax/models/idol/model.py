@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from visjax.models import settings
 from visjax.models.backbones import factory
 from visjax.models.backbones import swin
 from visjax.models.heads import dynamic_mask
@@ -79,21 +80,55 @@ def default_model_config() -> ml_collections.ConfigDict:
   return m
 
 
+@dataclasses.dataclass(frozen=True)
+class IDOLSettings:
+  """The fields of `config.model` (see `default_model_config` for their meaning and the official values)."""
+  backbone: str
+  backbone_depth: int
+  freeze_at: int
+  backbone_norm: str
+  backbone_width: int
+  swin: swin.SwinConfig
+  num_classes: int
+  d_model: int
+  nheads: int
+  enc_layers: int
+  dec_layers: int
+  dim_feedforward: int
+  dropout: float
+  num_feature_levels: int
+  enc_n_points: int
+  dec_n_points: int
+  num_queries: int
+  reid_dim: int
+  mask_dim: int
+  dynamic_channels: int
+  mask_feat_stride: int
+  mask_out_stride: int
+  rel_coord: bool
+  pixel_mean: tuple[float, ...]
+  pixel_std: tuple[float, ...]
+  size_divisibility: int
+  msda_implementation: str
+  remat: bool
+
+
 class IDOL(nnx.Module):
   """IDOL detector / segmenter for single frames (tracking happens on the host, see `tracker.py`)."""
 
-  def __init__(self, config: ml_collections.ConfigDict, *, dtype: Any = None, rngs: nnx.Rngs):
+  def __init__(self, config: IDOLSettings | ml_collections.ConfigDict, *, dtype: Any = None, rngs: nnx.Rngs):
     """Builds the model.
 
     Args:
-      config: model settings (`config.model` of an IDOL config; fields as `default_model_config()`).
+      config: model settings: `IDOLSettings` or the `config.model` section of an IDOL config (every field of
+        `default_model_config()` required).
       dtype: compute dtype (e.g. jnp.bfloat16); parameters stay float32. None = float32.
       rngs: parameter init RNGs.
     """
-    c = config
+    c = config if isinstance(config, IDOLSettings) else settings.from_config(IDOLSettings, config, 'config.model')
     if c.d_model % 32:
       raise ValueError(f'IDOL config.model: d_model ({c.d_model}) must be a multiple of 32 (GroupNorm(32)).')
-    self.config = ml_collections.FrozenConfigDict(c)  # static (hashable) copy
+    self.config = c  # frozen, hashable: part of the graphdef
     self.dtype = dtype
     self.backbone, channels = factory.build_backbone(c, out_features=('res3', 'res4', 'res5'), dtype=dtype,
                                                     rngs=rngs)
@@ -103,7 +138,7 @@ class IDOL(nnx.Module):
     self.transformer = deformable.DeformableTransformer(
         c.d_model, c.nheads, c.enc_layers, c.dec_layers, c.dim_feedforward, c.dropout, c.num_feature_levels,
         c.dec_n_points, c.enc_n_points, msda_implementation=c.msda_implementation or None,
-        remat=c.get('remat', False), dtype=dtype, rngs=rngs)
+        remat=c.remat, dtype=dtype, rngs=rngs)
     self.query_embed = nnx.Embed(c.num_queries, 2 * c.d_model, embedding_init=nnx.initializers.normal(1.),
                                  rngs=rngs)
     prior_bias = -math.log((1 - 0.01) / 0.01)
@@ -200,7 +235,7 @@ class IDOL(nnx.Module):
     mask_logits = functools.partial(
         dynamic_mask.dynamic_mask_logits, mask_feat_stride=c.mask_feat_stride, mask_out_stride=c.mask_out_stride,
         rel_coord=c.rel_coord, dynamic_channels=c.dynamic_channels)
-    if c.get('remat', False):
+    if c.remat:
       mask_logits = jax.checkpoint(mask_logits)
     layers = range(hs.shape[0]) if mask_layers is None else [range(hs.shape[0])[l] for l in mask_layers]
     masks_out = []

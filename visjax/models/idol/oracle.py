@@ -2,7 +2,7 @@
 
 `perfect_outputs` turns ground-truth masks into the outputs a perfect detector would give (right class at +10 logit,
 exact box, one re-ID direction per instance, mask logits at the output stride); `predict_from_outputs` feeds them
-through the real `VideoPredictor` (query selection, NMS, tracker, short-track filter, mask upsampling, RLE records).
+through the real `IDOLPredictor` (query selection, NMS, tracker, short-track filter, mask upsampling, RLE records).
 Evaluating those records gives the best AP any IDOL model can reach on a dataset at a given input size: what the
 output stride, the tracker's rules and the ground truth's tiny fragments cost by themselves
 (`benchmarks/eval_ceiling.py`; the test suite checks that it is exactly 1 where nothing is lost).
@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from visjax.models.idol import method
+from visjax.inference import predictor as predictor_lib
+from visjax.models import registry
 from visjax.models.layers.functional import inverse_sigmoid
 
 
@@ -64,7 +65,7 @@ def perfect_outputs(gt_masks: np.ndarray, labels: np.ndarray, *, num_queries: in
 
 def predict_from_outputs(model: nnx.Module, config: ml_collections.ConfigDict, outputs: tuple[np.ndarray, ...], *,
                          video_id: Any, image_size: tuple[int, int], orig_size: tuple[int, int]) -> list[dict]:
-  """CodaLab records of `VideoPredictor` run on precomputed detector `outputs` (as `perfect_outputs` returns)
+  """CodaLab records of `IDOLPredictor` run on precomputed detector `outputs` (as `perfect_outputs` returns)
   instead of the model's forward pass (`model` only sizes the predictor)."""
   length = len(outputs[0])
   served = 0
@@ -78,9 +79,11 @@ def predict_from_outputs(model: nnx.Module, config: ml_collections.ConfigDict, o
                                                                  x.dtype)])
     return tuple(jnp.asarray(pad(x)) for x in outputs)
 
-  predictor = method.VideoPredictor(model, config, video_id=video_id, length=length, image_size=image_size,
-                                    orig_size=orig_size, detector=replay)
+  idol = registry.get_method(config)
+  meta = predictor_lib.VideoMeta(video_id=video_id, length=length, orig_size=tuple(orig_size))
+  predictor = idol.make_predictor(model, meta, detector=replay)
   padded_hw = outputs[3].shape[-2:]
   stride = predictor.mask_stride
-  predictor.add_frames(np.zeros((length, padded_hw[0] * stride, padded_hw[1] * stride, 3), np.uint8))
-  return predictor.records()
+  predictor.add_frames(np.zeros((length, padded_hw[0] * stride, padded_hw[1] * stride, 3), np.uint8),
+                       np.tile(np.asarray(image_size, np.int32), (length, 1)))
+  return idol.records(predictor.finish(), video_id)

@@ -19,12 +19,12 @@ Per frame (`select_detections`): queries with max sigmoid > `select_thres` (top-
      the others stay −2; neither is output;
   7. tracks not seen for `memo_tracklet_frames` frames are forgotten.
 
-`VideoTracks` keeps, per output id, its per-frame RLEs (each frame's mask is encoded as soon as it is final, so
-memory per track is its RLE strings, never a `[T, H, W]` stack), the sum of its full sigmoid score vectors and its
-frame count; after frame `filter_min_frames` it drops ids absent from the last `filter_last_frames` frames and
-seen fewer than `filter_min_seen` times. `VideoTracks.results` gives the video-level score (mean over the frames
-where the id is present) and either every (id, class) pair above `apply_cls_thres` (`multi_cls`) or one label per
-track.
+`add_frame` stores each output id's per-frame RLE in the shared `visjax.inference.tracks.VideoTracks` (each
+frame's mask is encoded as soon as it is final, so memory per track is its RLE strings, never a `[T, H, W]` stack)
+with its full sigmoid score vector (the video-level score is their mean over the frames where the id is present);
+after frame `filter_min_frames` it drops ids absent from the last `filter_last_frames` frames and seen fewer than
+`filter_min_seen` times. The records are either every (id, class) pair above `apply_cls_thres` (`multi_cls`, the
+'threshold' record rule) or one label per track ('argmax').
 """
 
 import collections
@@ -37,74 +37,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from visjax import losses
+from visjax.inference import postprocess
+from visjax.inference import tracks as tracks_lib
+from visjax.models import settings
 from visjax.models.layers import resize
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-  """float32 logistic function (stable for large |x|)."""
-  x = np.asarray(x, np.float32)
-  e = np.exp(-np.abs(x))
-  return np.where(x >= 0, 1. / (1. + e), e / (1. + e)).astype(np.float32)
-
-
-def mask_iou(masks1: np.ndarray, masks2: np.ndarray) -> np.ndarray:
-  """Pairwise `(I + 1e-6) / (U + 1e-6)` of binary masks `[n, ...]` x `[m, ...]` -> `[n, m]` (IDOL's mask_iou)."""
-  a = np.asarray(masks1, bool).reshape(len(masks1), -1).astype(np.float32)
-  b = np.asarray(masks2, bool).reshape(len(masks2), -1).astype(np.float32)
-  inter = a @ b.T
-  union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
-  return (inter + 1e-6) / (union + 1e-6)
-
-
-def mask_nms(masks: np.ndarray, thr: float) -> np.ndarray:
-  """IDOL's `mask_nms`: in the given order, a kept mask removes every later mask with IoU > `thr`.
-
-  Args:
-    masks: bool `[n, h, w]`.
-    thr: IoU threshold.
-
-  Returns:
-    bool `[n]` keep flags.
-  """
-  n = len(masks)
-  keep = np.ones(n, bool)
-  if n == 0:
-    return keep
-  ious = mask_iou(masks, masks)
-  for i in range(n - 1):
-    if keep[i]:
-      keep[i + 1:] &= ~(ious[i, i + 1:] > thr)
-  return keep
-
-
-def box_iou_xyxy(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
-  """Pairwise IoU of xyxy boxes (torchvision `box_iou`)."""
-  area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
-  area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
-  lt = np.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
-  rb = np.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])
-  wh = np.clip(rb - lt, 0., None)
-  inter = wh[..., 0] * wh[..., 1]
-  return inter / (area1[:, None] + area2[None, :] - inter)
-
-
-def batched_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, thr: float) -> np.ndarray:
-  """Class-aware NMS (torchvision `batched_nms`): indices kept, by decreasing score (stable for ties)."""
-  order = np.argsort(-scores, kind='stable')
-  keep = []
-  suppressed = np.zeros(len(scores), bool)
-  ious = box_iou_xyxy(boxes, boxes)
-  for i in order:
-    if suppressed[i]:
-      continue
-    keep.append(i)
-    suppressed |= (ious[i] > thr) & (labels == labels[i])
-  return np.asarray(keep, np.int64)
-
-
-def cxcywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
-  cx, cy, w, h = np.moveaxis(boxes, -1, 0)
-  return np.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], axis=-1)
 
 
 def select_detections(probs: np.ndarray, boxes: np.ndarray, select_thres: float = 0.1,
@@ -124,7 +61,7 @@ def select_detections(probs: np.ndarray, boxes: np.ndarray, select_thres: float 
   idx = np.nonzero(max_score > select_thres)[0]
   if len(idx) == 0:
     return np.asarray([int(np.argmax(max_score))], np.int64)
-  keep = batched_nms(cxcywh_to_xyxy(boxes[idx]), max_score[idx], probs[idx].argmax(1), nms_thr)
+  keep = postprocess.batched_nms(losses.box_cxcywh_to_xyxy(boxes[idx]), max_score[idx], probs[idx].argmax(1), nms_thr)
   return idx[keep]
 
 
@@ -138,13 +75,49 @@ class _Track:
   exist_frame: int = 1
 
 
+@dataclasses.dataclass(frozen=True)
+class TrackerSettings:
+  """The fields of `config.tracker` (official values and meaning in `configs/idol_common.py`)."""
+  select_thres: float
+  box_nms_thr: float
+  nms_thr_pre: float
+  nms_thr_post: float
+  init_score_thr: float
+  obj_score_thr: float
+  addnew_score_thr: float
+  match_score_thr: float
+  memo_tracklet_frames: int
+  memo_momentum: float
+  memory_len: int
+  long_match: bool
+  frame_weight: bool
+  temporal_weight: bool
+  multi_cls: bool
+  apply_cls_thres: float
+  temporal_score_type: str
+  batch_infer_len: int
+  mask_threshold: float
+  filter_min_frames: int
+  filter_last_frames: int
+  filter_min_seen: int
+
+  def __post_init__(self):
+    if self.temporal_score_type != 'mean':
+      raise ValueError(f'config.tracker.temporal_score_type={self.temporal_score_type!r}: only "mean" (IDOL\'s '
+                       'setting) is implemented.')
+
+
+def tracker_settings(section: ml_collections.ConfigDict | None) -> TrackerSettings:
+  """`TrackerSettings` from `config.tracker`; every field is required."""
+  return settings.from_config(TrackerSettings, section, 'config.tracker')
+
+
 class IDOLTracker:
   """The official `IDOL_Tracker` (bi-softmax association with memory), host-side NumPy."""
 
-  def __init__(self, *, nms_thr_pre: float = 0.5, nms_thr_post: float = 0.05, init_score_thr: float = 0.2,
-               addnew_score_thr: float = 0.2, match_score_thr: float = 0.5, memo_tracklet_frames: int = 10,
-               memo_momentum: float = 0.8, memory_len: int = 3, long_match: bool = True, frame_weight: bool = True,
-               temporal_weight: bool = True):
+  def __init__(self, *, nms_thr_pre: float, nms_thr_post: float, init_score_thr: float, addnew_score_thr: float,
+               match_score_thr: float, memo_tracklet_frames: int, memo_momentum: float, memory_len: int,
+               long_match: bool, frame_weight: bool, temporal_weight: bool):
     if not 0 <= memo_momentum <= 1:
       raise ValueError(f'IDOLTracker: memo_momentum must be in [0, 1], got {memo_momentum}.')
     if memo_tracklet_frames < 0 or memory_len < 1:
@@ -165,11 +138,10 @@ class IDOLTracker:
     self.tracks: dict[int, _Track] = {}
 
   @classmethod
-  def from_config(cls, tracker_config: ml_collections.ConfigDict) -> 'IDOLTracker':
-    """Builds from `config.tracker` (fields as `configs/idol_common.py`)."""
+  def from_settings(cls, t: TrackerSettings) -> 'IDOLTracker':
     names = ('nms_thr_pre', 'nms_thr_post', 'init_score_thr', 'addnew_score_thr', 'match_score_thr',
              'memo_tracklet_frames', 'memo_momentum', 'memory_len', 'long_match', 'frame_weight', 'temporal_weight')
-    return cls(**{n: tracker_config[n] for n in names if n in tracker_config})
+    return cls(**{n: getattr(t, n) for n in names})
 
   def _memory(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(track ids `[M]`, track embeddings `[M, E]`, exist_frame counts `[M]`) in insertion order."""
@@ -223,7 +195,7 @@ class IDOLTracker:
     if not (len(labels) == len(masks) == len(embeds) == n):
       raise ValueError(f'IDOLTracker.match: scores/labels/masks/embeds lengths differ: {n}, {len(labels)}, '
                        f'{len(masks)}, {len(embeds)}.')
-    keep = mask_nms(masks, self.nms_thr_pre)
+    keep = postprocess.mask_nms(masks, self.nms_thr_pre)
     scores, labels, masks, embeds = scores[keep], labels[keep], masks[keep], embeds[keep]
     if len(scores) == 0:
       return keep, np.zeros(0, np.int64)
@@ -238,7 +210,7 @@ class IDOLTracker:
     self.num_tracklets += int(new.sum())
     unselected = np.nonzero(ids == -2)[0]
     if len(unselected):
-      ious = mask_iou(masks[unselected], masks)
+      ious = postprocess.mask_iou(masks[unselected], masks)
       for row, ind in enumerate(unselected):
         if np.all(ious[row, :ind] < self.nms_thr_post):
           ids[ind] = -1
@@ -271,59 +243,27 @@ def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
   return e / e.sum(axis=axis, keepdims=True)
 
 
-@dataclasses.dataclass
-class _VideoTrack:
-  segmentations: dict  # frame index -> RLE
-  score_sum: np.ndarray  # [C] float64
-  count: int = 0
+def add_frame(tracks: tracks_lib.VideoTracks, frame_id: int, ids: np.ndarray, scores: np.ndarray,
+              encode: Callable[[int], Any], *, filter_min_frames: int, filter_last_frames: int,
+              filter_min_seen: int) -> None:
+  """Records one tracked frame in `tracks` and applies IDOL's short-track filter.
 
-
-class VideoTracks:
-  """Video-level bookkeeping of IDOL inference: per-id per-frame RLEs, score sums and the short-track filter."""
-
-  def __init__(self, num_frames: int, *, filter_min_frames: int = 8, filter_last_frames: int = 2,
-               filter_min_seen: int = 3):
-    self.num_frames = num_frames
-    self.filter_min_frames = filter_min_frames
-    self.filter_last_frames = filter_last_frames
-    self.filter_min_seen = filter_min_seen
-    self.tracks: dict[int, _VideoTrack] = {}
-
-  def add_frame(self, frame_id: int, ids: np.ndarray, scores: np.ndarray,
-                encode: Callable[[int], Any]) -> None:
-    """Records one frame.
-
-    Args:
-      frame_id: frame index.
-      ids: int `[n]` output ids (≥ 0) of the frame's tracked detections.
-      scores: `[n, C]` their full class-probability vectors.
-      encode: `encode(k)` → RLE of the k-th detection's final mask; called once per id, right away.
-    """
-    for k, tid in enumerate(ids):
-      tid = int(tid)
-      track = self.tracks.get(tid)
-      if track is None:
-        track = self.tracks[tid] = _VideoTrack(segmentations={}, score_sum=np.zeros(scores.shape[1], np.float64))
-      track.segmentations[frame_id] = encode(k)
-      track.score_sum += scores[k]
-      track.count += 1
-    if frame_id > self.filter_min_frames:
-      recent = range(frame_id - self.filter_last_frames + 1, frame_id + 1)
-      for tid in [t for t, v in self.tracks.items()
-                  if v.count < self.filter_min_seen and not any(f in v.segmentations for f in recent)]:
-        del self.tracks[tid]
-
-  def results(self, *, multi_cls: bool = True, apply_cls_thres: float = 0.05) -> list[tuple[float, int, list]]:
-    """`(score, label, segmentations [RLE | None per frame])` per output, in id order then class order."""
-    out = []
-    for track in self.tracks.values():
-      mean = track.score_sum / track.count
-      segs = [track.segmentations.get(f) for f in range(self.num_frames)]
-      if multi_cls:
-        out.extend((float(mean[c]), int(c), segs) for c in np.nonzero(mean > apply_cls_thres)[0])
-      else:
-        out.append((float(mean.max()), int(mean.argmax()), segs))
-    return out
+  Args:
+    tracks: the video's tracks.
+    frame_id: frame index.
+    ids: int `[n]` output ids (>= 0) of the frame's tracked detections.
+    scores: `[n, C]` their full class-probability vectors (the video score is their mean).
+    encode: `encode(k)` -> RLE of the k-th detection's final mask; called once per id, right away.
+    filter_min_frames, filter_last_frames, filter_min_seen: after frame `filter_min_frames`, ids absent from the
+      last `filter_last_frames` frames and seen fewer than `filter_min_seen` times are dropped.
+  """
+  for k, tid in enumerate(ids):
+    tracks.add(int(tid), frame_id, encode(k), scores[k])
+  if frame_id > filter_min_frames:
+    recent = set(range(frame_id - filter_last_frames + 1, frame_id + 1))
+    for tid in tracks.track_ids:
+      if tracks.count(tid) < filter_min_seen and not tracks.frames_seen(tid) & recent:
+        tracks.remove(tid)
 
 
 @functools.lru_cache(maxsize=64)
