@@ -44,7 +44,8 @@ def _outputs(rng):
 
 
 def _settings():
-  return vita_criterion.LossSettings(num_classes=K, num_points=POINTS)
+  from visjax.models.vita import model as vita_model  # pylint: disable=g-import-not-at-top
+  return vita_criterion.LossSettings(**dict(vita_model.default_loss_config().to_dict(), train_num_points=POINTS))
 
 
 def _draws(rng):
@@ -101,5 +102,9 @@ def test_vita_loss_jits_with_gradients_and_padded_instances():
 
 def test_settings_from_config():
   from visjax.models.vita import model as vita_model  # pylint: disable=g-import-not-at-top
-  s = vita_criterion.LossSettings.from_config(vita_model.default_model_config(), vita_model.default_loss_config())
-  assert s == vita_criterion.LossSettings(num_classes=40)
+  config = vita_model.default_loss_config()
+  s = vita_criterion.loss_settings(config)
+  assert s.train_num_points == 12544 and s.class_weight == 2.0 and s.sim_weight == 0.5
+  del config['dice_weight']
+  with pytest.raises(ValueError, match=r"config.loss: missing field\(s\) \['dice_weight'\]"):
+    vita_criterion.loss_settings(config)

@@ -2,6 +2,8 @@
 names (tests/torch_refs/vita_ref.py), loaded through visjax/convert/rules_vita.py: every layer's outputs, plain
 and shifted windows, T not a multiple of the window (padded frames), training and test forwards."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -198,7 +200,8 @@ def test_training_step_gradients(model_pair):
   masks[0, 1:, 1, 40:50, 5:25] = 1
   batch = dict(image=images, image_size=sizes, masks=masks, present=masks.any(axis=(-2, -1)),
                labels=np.asarray([[1, 4]], np.int32), instance_valid=np.ones((b, n), bool))
-  settings = vita_criterion.LossSettings(num_classes=K, num_points=64)
+  settings = vita_criterion.loss_settings(vita_model.default_loss_config())
+  settings = dataclasses.replace(settings, train_num_points=64)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
   def loss(p, batch):

@@ -6,12 +6,12 @@ costs over random points:
 
 * frame level (Mask2Former `SetCriterion`) on every frame and every one of the `dec_layers` predictions of the frame
   decoder: `loss_ce` (cross-entropy, no-object weight 0.1, PyTorch's weighted mean), `loss_mask` / `loss_dice` on
-  `num_points` importance-sampled points (oversample 3, importance 0.75) per matched mask; aux layers `_i`.
+  `train_num_points` importance-sampled points (oversample 3, importance 0.75) per matched mask; aux layers `_i`.
 * video level (`VitaSetCriterion`) on each VITA decoder layer, per (frame-decoder layer, clip) entry with the clip
   targets repeated over the layers: the matcher shares one point set over all frames of an entry (T * points), the
   mask losses sample points per instance and frame; `loss_vita_ce`, `loss_vita_mask`, `loss_vita_dice`, aux
   layers `_i`, and `loss_vita_sim` (last layer only): BCE-with-logits of all pairwise dot products of the matched
-  frame embeddings (`pred_fq_embed`, matched by the last `last_layer_num` frame-layer matchings) and clip
+  frame embeddings (`pred_fq_embed`, matched by the matchings of the L frame-decoder layers VITA read) and clip
   embeddings (`pred_cq_embed`), target "same instance", counted within the same (layer, clip) group only.
 
 Targets are padded to N instance slots with validity masks (docs/INTERFACES.md §1). The random points are explicit
@@ -26,34 +26,33 @@ import jax.numpy as jnp
 import ml_collections
 
 from visjax import matching
+from visjax.models import settings
 from visjax.models.heads import point_sampling
 from visjax.models.layers import preprocess
 
 
 @dataclasses.dataclass(frozen=True)
 class LossSettings:
-  """Loss hyper-parameters (defaults: the official YouTube-VIS configs, `vita.model.default_loss_config`)."""
+  """The fields of `config.loss` (official values: `vita.model.default_loss_config`).
 
-  num_classes: int
-  class_weight: float = 2.0
-  mask_weight: float = 5.0
-  dice_weight: float = 5.0
-  no_object_weight: float = 0.1
-  vita_no_object_weight: float = 0.1
-  sim_weight: float = 0.5
-  num_points: int = 12544
-  oversample_ratio: float = 3.0
-  importance_sample_ratio: float = 0.75
-  deep_supervision: bool = True
-  vita_deep_supervision: bool = True
-  last_layer_num: int = 3
+  The class count comes from the logits and the number of frame-decoder layers fed to VITA from the outputs.
+  """
+  class_weight: float
+  mask_weight: float
+  dice_weight: float
+  no_object_weight: float
+  vita_no_object_weight: float
+  sim_weight: float
+  deep_supervision: bool
+  vita_deep_supervision: bool
+  train_num_points: int
+  oversample_ratio: float
+  importance_sample_ratio: float
 
-  @classmethod
-  def from_config(cls, model: ml_collections.ConfigDict, loss: ml_collections.ConfigDict) -> 'LossSettings':
-    """From `config.model` (num_classes, vita.last_layer_num) and `config.loss` (`default_loss_config` fields)."""
-    fields = {f.name for f in dataclasses.fields(cls)}
-    return cls(num_classes=model.num_classes, last_layer_num=model.vita.last_layer_num,
-               **{k: v for k, v in loss.items() if k in fields})
+
+def loss_settings(section: ml_collections.ConfigDict | None) -> LossSettings:
+  """`LossSettings` from `config.loss`; every field is required (one error lists the missing / unknown ones)."""
+  return settings.from_config(LossSettings, section, 'config.loss')
 
 
 class Targets(NamedTuple):
@@ -96,12 +95,16 @@ def prepare_targets(batch: dict[str, jax.Array], size_divisibility: int = 32) ->
                  clip_valid=jnp.any(frame_valid, axis=1))
 
 
+def _point_counts(s: LossSettings) -> tuple[int, int, int]:
+  return point_sampling.num_sampled_points(s.train_num_points, s.oversample_ratio, s.importance_sample_ratio)
+
+
 def draw_points(rng: jax.Array, layers: int, entries: int, slots: int, frames: int, s: LossSettings) -> PointDraws:
   """Draws the uniform points of one set criterion."""
-  num_s, _, num_r = point_sampling.num_sampled_points(s.num_points, s.oversample_ratio, s.importance_sample_ratio)
+  num_s, _, num_r = _point_counts(s)
   k1, k2, k3 = jax.random.split(rng, 3)
   return PointDraws(
-      match=jax.random.uniform(k1, (layers, entries, s.num_points, 2)),
+      match=jax.random.uniform(k1, (layers, entries, s.train_num_points, 2)),
       over=jax.random.uniform(k2, (layers, entries, slots, frames, num_s, 2)),
       extra=jax.random.uniform(k3, (layers, entries, slots, frames, num_r, 2)))
 
@@ -183,7 +186,7 @@ def set_losses(logits: jax.Array, masks: jax.Array, labels: jax.Array, tgt_masks
   n, t = src.shape[1:3]
   flat_src = src.reshape((e * n * t,) + src.shape[3:]).astype(jnp.float32)
   flat_tgt = tgt_masks.reshape((e * n * t,) + tgt_masks.shape[3:])
-  _, num_uncertain, _ = point_sampling.num_sampled_points(s.num_points, s.oversample_ratio, s.importance_sample_ratio)
+  _, num_uncertain, _ = _point_counts(s)
   coords = point_sampling.uncertain_point_coords(flat_src, draws.over.reshape((e * n * t,) + draws.over.shape[3:]),
                                                  draws.extra.reshape((e * n * t,) + draws.extra.shape[3:]),
                                                  num_uncertain)
@@ -283,8 +286,8 @@ def criterion(outputs: dict[str, Any], targets: Targets, frame_draws: PointDraws
   weights = {'ce': s.class_weight, 'mask': s.mask_weight, 'dice': s.dice_weight}
   losses = _layers({k: v * weights[k] for k, v in f_losses.items()}, '', s.deep_supervision)
   losses.update(_layers({k: v * weights[k] for k, v in v_losses.items()}, 'vita_', s.vita_deep_supervision))
-  if s.sim_weight > 0:
-    frame_match = f_match[-s.last_layer_num:].reshape(s.last_layer_num, b, t, n)
+  if s.sim_weight > 0:  # the frame matchings of the frame-decoder layers VITA read (the last L)
+    frame_match = f_match[-l:].reshape(l, b, t, n)
     sim = similarity_loss(video['pred_fq_embed'], video['pred_cq_embed'][-1], frame_match,
                           v_match[-1].reshape(l, b, n), targets)
     losses['loss_vita_sim'] = sim * s.sim_weight

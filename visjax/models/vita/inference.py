@@ -10,11 +10,27 @@
 3. `video_inference`: both, score = class probability x mask score.
 """
 
+import dataclasses
 from typing import Iterator, NamedTuple
 
+import ml_collections
 import numpy as np
 
+from visjax.models import settings
 from visjax.models.layers.resize import bilinear_matrix
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceSettings:
+  """The fields of `config.tracker` (official values: `vita.model.default_tracker_config`)."""
+  topk: int
+  run_chunk_size: int
+  interpolate_chunk_size: int
+
+
+def inference_settings(section: ml_collections.ConfigDict | None) -> InferenceSettings:
+  """`InferenceSettings` from `config.tracker`; every field is required."""
+  return settings.from_config(InferenceSettings, section, 'config.tracker')
 
 
 class Detections(NamedTuple):
@@ -76,7 +92,8 @@ def chunk_masks(mask_embed: np.ndarray, mask_features: np.ndarray, interim_size:
 
 
 def iter_chunk_masks(mask_embed: np.ndarray, mask_features: np.ndarray, interim_size: tuple[int, int],
-                     image_size: tuple[int, int], out_size: tuple[int, int], chunk_size: int = 5) -> Iterator[MaskChunk]:
+                     image_size: tuple[int, int], out_size: tuple[int, int],
+                     chunk_size: int = 5) -> Iterator[MaskChunk]:
   """`chunk_masks` over `mask_features [T, h, w, C]` in chunks of `chunk_size` frames."""
   for start in range(0, mask_features.shape[0], chunk_size):
     yield chunk_masks(mask_embed, mask_features[start:start + chunk_size], interim_size, image_size, out_size)

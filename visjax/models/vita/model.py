@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from visjax.models import settings
 from visjax.models.backbones import factory
 from visjax.models.backbones import swin
 from visjax.models.layers import norms
@@ -80,7 +81,8 @@ def default_model_config() -> ml_collections.ConfigDict:
 
 
 def default_loss_config() -> ml_collections.ConfigDict:
-  """Loss settings (MASK_FORMER.* and VITA.* of the same yaml / config defaults)."""
+  """Loss settings `config.loss` (MASK_FORMER.* and VITA.* of the same yaml / config defaults; fields of
+  `criterion.LossSettings`)."""
   l = ml_collections.ConfigDict()
   l.class_weight = 2.0
   l.mask_weight = 5.0
@@ -96,13 +98,56 @@ def default_loss_config() -> ml_collections.ConfigDict:
   return l
 
 
-def default_inference_config() -> ml_collections.ConfigDict:
-  """Test settings: TEST.DETECTIONS_PER_IMAGE (10 YouTube-VIS, 20 OVIS) and the VITA chunk sizes."""
+def default_tracker_config() -> ml_collections.ConfigDict:
+  """Inference settings `config.tracker` (fields of `inference.InferenceSettings`): TEST.DETECTIONS_PER_IMAGE
+  (10 YouTube-VIS, 20 OVIS) and the VITA chunk sizes."""
   t = ml_collections.ConfigDict()
   t.topk = 10
   t.run_chunk_size = 18  # VITA.TEST_RUN_CHUNK_SIZE: frames per backbone / frame-decoder pass
   t.interpolate_chunk_size = 5  # VITA.TEST_INTERPOLATE_CHUNK_SIZE: frames per mask upsampling pass
   return t
+
+
+@dataclasses.dataclass(frozen=True)
+class VITAModuleSettings:
+  """The fields of `config.model.vita` (see `default_model_config`)."""
+  enc_layers: int
+  dec_layers: int
+  nheads: int
+  dim_feedforward: int
+  hidden_dim: int
+  num_queries: int
+  enc_window_size: int
+  last_layer_num: int
+
+
+@dataclasses.dataclass(frozen=True)
+class VITASettings:
+  """The fields of `config.model` (see `default_model_config` for their meaning and the official values)."""
+  backbone: str
+  backbone_depth: int
+  freeze_at: int
+  backbone_norm: str
+  backbone_width: int
+  swin: swin.SwinConfig
+  num_classes: int
+  conv_dim: int
+  mask_dim: int
+  pixel_decoder_enc_layers: int
+  pixel_decoder_dim_feedforward: int
+  enc_n_points: int
+  hidden_dim: int
+  num_frame_queries: int
+  nheads: int
+  dim_feedforward: int
+  dec_layers: int
+  dropout: float
+  vita: VITAModuleSettings
+  pixel_mean: tuple[float, ...]
+  pixel_std: tuple[float, ...]
+  size_divisibility: int
+  msda_implementation: str
+  remat: bool
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -257,21 +302,20 @@ class VITAModule(nnx.Module):
 class VITA(nnx.Module):
   """VITA (official meta-architecture `Vita`): per-frame Mask2Former detector + VITA module."""
 
-  def __init__(self, config: ml_collections.ConfigDict, *, dtype: Any = None, rngs: nnx.Rngs):
+  def __init__(self, config: VITASettings | ml_collections.ConfigDict, *, dtype: Any = None, rngs: nnx.Rngs):
     """Builds the model.
 
     Args:
-      config: model settings (`config.model`; fields as `default_model_config()`).
+      config: model settings: `VITASettings` or the `config.model` section (every field of
+        `default_model_config()` required).
       dtype: compute dtype of the backbone, frame decoder and VITA module (the pixel decoder runs in float32, as
         the official `autocast(enabled=False)`); parameters stay float32. None = float32.
       rngs: parameter init RNGs (and the Swin drop-path stream).
     """
-    c = config
+    c = config if isinstance(config, VITASettings) else settings.from_config(VITASettings, config, 'config.model')
     v = c.vita
+    self.config = c  # frozen, hashable: part of the graphdef
     self.dtype = dtype
-    self.pixel_mean, self.pixel_std = tuple(c.pixel_mean), tuple(c.pixel_std)
-    self.size_divisibility = c.size_divisibility
-    self.last_layer_num = v.last_layer_num
     self.backbone, channels = factory.build_backbone(c, out_features=('res2', 'res3', 'res4', 'res5'),
                                                     dtype=dtype, rngs=rngs)
     pixel_decoder = mask2former.MSDeformAttnPixelDecoder(
@@ -310,8 +354,9 @@ class VITA(nnx.Module):
       `pred_logits [Ldec+1, N, fQ, K+1]`, `pred_masks [Ldec+1, N, fQ, Hp/4, Wp/4]`, `frame_queries
       [Ldec, N, fQ, C]` and `vita_mask_features [N, Hp/4, Wp/4, mask_dim]` (float32).
     """
-    x, _ = preprocess.normalize_images(images, image_size, pixel_mean=self.pixel_mean, pixel_std=self.pixel_std,
-                                       size_divisibility=self.size_divisibility)
+    c = self.config
+    x, _ = preprocess.normalize_images(images, image_size, pixel_mean=c.pixel_mean, pixel_std=c.pixel_std,
+                                       size_divisibility=c.size_divisibility)
     if self.dtype is not None:
       x = x.astype(self.dtype)
     backbone = self.backbone
@@ -348,7 +393,7 @@ class VITA(nnx.Module):
     b, t = images.shape[:2]
     frame = self.frame_forward(images.reshape((b * t,) + images.shape[2:]), image_size.reshape(b * t, 2),
                                train=train, intermediates=intermediates)
-    num = self.last_layer_num if train else 1
+    num = self.config.vita.last_layer_num if train else 1
     fq = frame['frame_queries'][-num:]
     fq = fq.reshape((num, b, t) + fq.shape[2:]).astype(self.dtype or jnp.float32)
     video = self.vita_module(fq, train=train, intermediates=intermediates)
