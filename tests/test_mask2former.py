@@ -1,7 +1,6 @@
 """Mask2Former pixel decoder + masked decoder (visjax/models/transformers/mask2former.py) vs a torch reference with
 the official key names, loaded through the conversion rules (visjax/convert/rules_mask2former.py), every layer."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

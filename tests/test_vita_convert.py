@@ -84,7 +84,8 @@ def test_official_swin_l_layout():
   config = vita_model.default_model_config()
   config.backbone = 'swin'
   config.num_frame_queries = 200
-  state = _meta_state(config, lambda: (swin_ref.D2SwinTransformer(192, (2, 2, 18, 2), (6, 12, 24, 48), 12), (192, 384, 768, 1536)))
+  swin_l = lambda: (swin_ref.D2SwinTransformer(192, (2, 2, 18, 2), (6, 12, 24, 48), 12), (192, 384, 768, 1536))
+  state = _meta_state(config, swin_l)
   shapes, dropped = _check_layout(config, state)
   assert len([k for k in dropped if k.endswith('relative_position_index')]) == 24
   assert shapes['sem_seg_head.pixel_decoder.adapter_1.conv.kernel'] == (1, 1, 192, 256)

@@ -6,7 +6,8 @@ and for plain Mask2Former instance-segmentation checkpoints loaded into VITA's f
   sem_seg_head.*             -> sem_seg_head.*   (`rules_mask2former.mask_former_head_rules`, incl. the legacy
                                              `static_query` -> `query_feat` rename)
   vita_module.enc_self_attn.{i}, enc_ffn.{i}, transformer_{self,cross}_attention_layers.{i},
-    transformer_ffn_layers.{i}              -> same paths (in_proj split into q/k/v, Linear transposed, LN weight->scale)
+    transformer_ffn_layers.{i}              -> same paths (in_proj split into q/k/v, Linear transposed,
+                                               LayerNorm weight -> scale)
   vita_module.{decoder_norm, input_proj_dec, class_embed, mask_embed.layers.{j}, sim_embed_frame, sim_embed_clip}
   vita_module.{query_feat, query_embed, fq_pos}.weight -> .embedding
   vita_module.vita_mask_features.{weight,bias} -> .kernel (OIHW -> HWIO), .bias
@@ -47,7 +48,8 @@ def backbone_rules(model_config: ml_collections.ConfigDict) -> RuleTable:
 def vita_module_rules(torch_prefix: str = 'vita_module.', nnx_prefix: str = 'vita_module.') -> RuleTable:
   """The VITA module (see module docstring)."""
   t, n = prefixed(torch_prefix, nnx_prefix)
-  layers = r'enc_self_attn\.\d+|enc_ffn\.\d+|transformer_(?:self|cross)_attention_layers\.\d+|transformer_ffn_layers\.\d+'
+  layers = (r'enc_self_attn\.\d+|enc_ffn\.\d+|transformer_(?:self|cross)_attention_layers\.\d+'
+            r'|transformer_ffn_layers\.\d+')
   return RuleTable(
       attention_layer_rules(t, n, layers)
       + _norm(t, n, 'decoder_norm')

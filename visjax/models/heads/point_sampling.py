@@ -57,7 +57,8 @@ def uncertain_point_coords(logits: jax.Array, over_coords: jax.Array, random_coo
   return jnp.concatenate([picked, random_coords.astype(picked.dtype)], axis=1)
 
 
-def num_sampled_points(num_points: int, oversample_ratio: float, importance_sample_ratio: float) -> tuple[int, int, int]:
+def num_sampled_points(num_points: int, oversample_ratio: float,
+                       importance_sample_ratio: float) -> tuple[int, int, int]:
   """(oversampled candidates S, uncertain points kept, random points R) as detectron2 computes them."""
   num_uncertain = int(importance_sample_ratio * num_points)
   return int(num_points * oversample_ratio), num_uncertain, num_points - num_uncertain
