@@ -3,6 +3,7 @@ post-processing on random inputs (unsorted top-k compared as sets)."""
 
 import math
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -68,3 +69,15 @@ def test_select_topk_drops_no_object_and_allows_repeated_queries():
   det = inference.select_topk(logits, 3)
   np.testing.assert_allclose(det.scores, [0.45, 0.45, 0.05], rtol=1e-6)
   assert list(det.queries[:2]) == [0, 0] and sorted(det.labels[:2].tolist()) == [0, 1]
+
+
+def test_device_chunk_masks_match_host():
+  rng = np.random.default_rng(5)
+  embed = rng.normal(size=(4, 8)).astype(np.float32)
+  features = rng.normal(size=(3, 12, 16, 8)).astype(np.float32) * 0.5
+  sizes = dict(interim_size=(48, 64), image_size=(45, 60), out_size=(90, 121))
+  host = inference.chunk_masks(embed, features, **sizes)
+  device = inference.chunk_masks_device(jnp.asarray(embed), jnp.asarray(features), **sizes)
+  assert np.mean(np.asarray(device.masks) != host.masks) < 1e-4 and host.masks.mean() > 0.1
+  np.testing.assert_allclose(np.asarray(device.soft_sum), host.soft_sum, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(device.hard_count), host.hard_count, atol=1)  # threshold ties only

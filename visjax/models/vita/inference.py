@@ -6,18 +6,22 @@
 2. `chunk_masks`, per chunk of frames (`TEST_INTERPOLATE_CHUNK_SIZE` 5): mask logits `einsum(embed, features)`,
    bilinear upsampling (align_corners=False) to the padded input size, crop to the image size, the soft / hard
    sums of the mask score (mean sigmoid over pixels with sigmoid > 0.5, over all frames), bilinear resize to the
-   original size and binarisation at logit > 0. Chunks can be streamed (e.g. to per-frame RLEs).
+   original size and binarisation at logit > 0. Chunks can be streamed (e.g. to per-frame RLEs);
+   `chunk_masks_device` is the same computation jitted for the accelerator.
 3. `video_inference`: both, score = class probability x mask score.
 """
 
 import dataclasses
+import functools
 from typing import Iterator, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from visjax.models import settings
-from visjax.models.layers.resize import bilinear_matrix
+from visjax.models.layers.resize import bilinear_matrix, resize_bilinear
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +93,25 @@ def chunk_masks(mask_embed: np.ndarray, mask_features: np.ndarray, interim_size:
   soft_sum = (soft * hard).reshape(k, -1).sum(1)
   hard_count = hard.reshape(k, -1).sum(1).astype(np.float32)
   return MaskChunk(_resize(logits, out_size) > 0., soft_sum, hard_count)
+
+
+@functools.partial(jax.jit, static_argnames=('interim_size', 'image_size', 'out_size'))
+def chunk_masks_device(mask_embed: jax.Array, mask_features: jax.Array, *, interim_size: tuple[int, int],
+                       image_size: tuple[int, int], out_size: tuple[int, int]) -> MaskChunk:
+  """`chunk_masks` as one jitted computation on the accelerator (same arguments; float32, torch-exact bilinear
+  matrices at HIGHEST precision); returns device arrays."""
+  hp = jax.lax.Precision.HIGHEST
+  logits = jnp.einsum('qc,thwc->qthw', mask_embed.astype(jnp.float32), mask_features.astype(jnp.float32),
+                      precision=hp)
+  k, t = logits.shape[:2]
+  logits = resize_bilinear(logits.reshape((k * t,) + logits.shape[2:]), interim_size)
+  logits = logits[:, :image_size[0], :image_size[1]]
+  soft = jax.nn.sigmoid(logits)
+  hard = soft > 0.5
+  soft_sum = jnp.sum(jnp.where(hard, soft, 0.).reshape(k, -1), axis=1)
+  hard_count = jnp.sum(hard.reshape(k, -1), axis=1).astype(jnp.float32)
+  masks = resize_bilinear(logits, out_size) > 0.
+  return MaskChunk(masks.reshape((k, t) + tuple(out_size)), soft_sum, hard_count)
 
 
 def iter_chunk_masks(mask_embed: np.ndarray, mask_features: np.ndarray, interim_size: tuple[int, int],

@@ -6,7 +6,8 @@
   per-frame detector on `config.tracker.run_chunk_size` frames at a time (jitted once per padded size, the last
   chunk zero-padded) and keeps each frame's last-layer frame queries and VITA mask features on the host; `finish`
   runs the VITA module once over the whole video, takes the top-k (query, class) pairs and computes their masks
-  `interpolate_chunk_size` frames at a time, encoding each frame's masks to RLE at once (`inference.py`).
+  `interpolate_chunk_size` frames at a time on the device (`inference.chunk_masks_device`), encoding each frame's
+  masks to RLE at once.
 * Tracks: one per selected query, `class_scores` = prob x mask score at the selected classes (0 elsewhere);
   records: the top-k (track, class) pairs of the video (`RecordRule('topk')`), i.e. the official output.
 """
@@ -102,15 +103,19 @@ class VITAPredictor:
     features = np.concatenate(self.mask_features)
     self.frame_queries, self.mask_features = [], []
     queries = np.unique(det.queries)
-    embed = np.asarray(mask_embed)[queries]
+    # Padded to `topk` rows so the mask pass compiles once per frame-chunk length and video size.
+    embed = np.zeros((s.topk,) + mask_embed.shape[1:], np.float32)
+    embed[:len(queries)] = np.asarray(mask_embed)[queries]
     segmentations: list[list[dict]] = [[] for _ in queries]
     soft = np.zeros(len(queries), np.float64)
     hard = np.zeros(len(queries), np.float64)
-    for part in inference.iter_chunk_masks(embed, features, self.padded_size, image_size,
-                                           tuple(self.video.orig_size), s.interpolate_chunk_size):
-      soft += part.soft_sum
-      hard += part.hard_count
-      for i, masks in enumerate(part.masks):
+    sizes = dict(interim_size=self.padded_size, image_size=image_size, out_size=tuple(self.video.orig_size))
+    step = s.interpolate_chunk_size
+    for start in range(0, len(features), step):
+      part = inference.chunk_masks_device(jnp.asarray(embed), jnp.asarray(features[start:start + step]), **sizes)
+      soft += np.asarray(part.soft_sum)[:len(queries)]
+      hard += np.asarray(part.hard_count)[:len(queries)]
+      for i, masks in enumerate(np.asarray(part.masks)[:len(queries)]):
         segmentations[i].extend(results_lib.encode_mask(m) for m in masks)
     mask_scores = soft / (hard + 1e-6)
     tracks = []
