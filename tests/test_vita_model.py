@@ -66,6 +66,17 @@ def test_module_test_mode_shifted_windows(module_pair, num_frames):
   _compare_module(ref, model, fq, num_frames, train=False)
 
 
+def test_module_without_windows(module_pair):
+  """ENC_WINDOW_SIZE 0 (the vita/config.py default): full self-attention over all T*fQ tokens."""
+  ref, model = module_pair
+  ref.window_size = model.window_size = 0
+  try:
+    fq = np.random.default_rng(3).normal(size=(3, 8, FQ, C)).astype(np.float32)
+    _compare_module(ref, model, fq, 8, train=False)
+  finally:
+    ref.window_size = model.window_size = MODULE['enc_window_size']
+
+
 def test_module_train_mode(module_pair):
   """Training forward: 3 frame-decoder layers x 2 clips as 6 batch entries, plain windows in every layer."""
   ref, model = module_pair

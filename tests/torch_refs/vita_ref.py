@@ -54,11 +54,14 @@ class VITA(nn.Module):
     T = num_frames if self.training else BT // B
     frame_query = frame_query.reshape(L * B, T, fQ, C).permute(1, 2, 0, 3).contiguous()
     frame_query = self.input_proj_dec(frame_query)
-    pad = int(ceil(T / self.window_size)) * self.window_size - T
-    _T = pad + T
-    frame_query = F.pad(frame_query, (0, 0, 0, 0, 0, 0, 0, pad))
-    enc_mask = frame_query.new_ones(L * B, _T).bool()
-    enc_mask[:, :T] = False
+    if self.window_size > 0:
+      pad = int(ceil(T / self.window_size)) * self.window_size - T
+      _T = pad + T
+      frame_query = F.pad(frame_query, (0, 0, 0, 0, 0, 0, 0, pad))
+      enc_mask = frame_query.new_ones(L * B, _T).bool()
+      enc_mask[:, :T] = False
+    else:
+      enc_mask = None
     self.encoder_outputs = []
     frame_query = self.encode_frame_query(frame_query, enc_mask)
     frame_query = frame_query[:T].flatten(0, 1)
@@ -80,6 +83,13 @@ class VITA(nn.Module):
 
   def encode_frame_query(self, frame_query, attn_mask):
     T, fQ, LB, C = frame_query.shape
+    if self.window_size == 0:
+      shape = frame_query.shape
+      frame_query = frame_query.flatten(0, 1)
+      for i in range(self.enc_layers):
+        frame_query = self.enc_ffn[i](self.enc_self_attn[i](frame_query))
+        self.encoder_outputs.append(frame_query.view(shape))
+      return frame_query.view(shape)
     W = self.window_size
     Nw = T // W
     half_W = int(ceil(W / 2))

@@ -16,7 +16,7 @@ and for plain Mask2Former instance-segmentation checkpoints loaded into VITA's f
 `convert_checkpoint` adds the two tolerated differences: a checkpoint without `vita_module.*` (a Mask2Former
 detector) leaves the VITA module at its init, and `reinit_class_heads=True` keeps the class heads at init when the
 checkpoint has another class count; both are listed in the report's `allowed_*` fields. Through the CLI
-(`--mode convert`) the same waivers are `--config.convert.allow_missing='vita_module\..*'` and
+(`--mode convert`) the same waivers are `--config.convert.allow_missing='vita_module[.].*'` and
 `--config.convert.allow_shape_mismatch='.*class_embed.*'` (or convert with the checkpoint's own class count and
 start training with `--config.init_reinit='.*class_embed.*'`).
 """
