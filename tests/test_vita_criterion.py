@@ -108,3 +108,13 @@ def test_settings_from_config():
   del config['dice_weight']
   with pytest.raises(ValueError, match=r"config.loss: missing field\(s\) \['dice_weight'\]"):
     vita_criterion.loss_settings(config)
+
+
+def test_more_slots_than_queries_rejected():
+  rng = np.random.default_rng(2)
+  outputs = jax.tree.map(jnp.asarray, _outputs(rng))
+  batch = {k: jnp.asarray(v) for k, v in _batch(rng).items()}
+  wide = {k: jnp.concatenate([v, v], axis=2 if k in ('masks', 'present') else 1) if k != 'image' else v
+          for k, v in batch.items()}  # 8 slots > 6 frame queries
+  with pytest.raises(ValueError, match='8 instance slots'):
+    vita_criterion.vita_loss(outputs, wide, rng=jax.random.key(0), s=_settings())

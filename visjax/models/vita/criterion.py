@@ -174,6 +174,9 @@ def set_losses(logits: jax.Array, masks: jax.Array, labels: jax.Array, tgt_masks
     ({'ce', 'mask', 'dice'} unweighted losses, matched query per target slot int32 `[E, N]`).
   """
   num_classes = logits.shape[-1] - 1
+  if labels.shape[-1] > logits.shape[-2]:
+    raise ValueError(f'VITA criterion: {labels.shape[-1]} instance slots (input.max_instances) exceed the '
+                     f'{logits.shape[-2]} queries; every target must be matchable.')
   match_q = jax.vmap(hungarian, in_axes=(0, 0, 0, 0, 0, 0, None))(logits, masks, labels, tgt_masks, valid,
                                                                    draws.match, s)
   e, q = logits.shape[:2]
