@@ -19,7 +19,8 @@ def _official_ref(config, backbone, channels=(256, 512, 1024, 2048)):
   """The official module tree at `config`'s sizes (`channels`: res2..res5 of `backbone`)."""
   pix = mask2former_ref.MSDeformAttnPixelDecoder(channels, config.conv_dim, config.mask_dim, nheads=config.nheads,
                                                  enc_layers=config.pixel_decoder_enc_layers,
-                                                 n_points=config.enc_n_points)
+                                                 n_points=config.enc_n_points,
+                                                 d_ffn=config.pixel_decoder_dim_feedforward)
   pred = mask2former_ref.VitaMultiScaleMaskedTransformerDecoder(
       config.hidden_dim, config.num_classes, config.num_frame_queries, config.nheads, config.dim_feedforward,
       config.dec_layers - 1, config.mask_dim)

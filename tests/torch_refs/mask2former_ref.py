@@ -83,11 +83,11 @@ class EncoderOnly(nn.Module):
 class MSDeformAttnPixelDecoder(nn.Module):
   """res2..res5 in, encoder on res3..res5, one FPN level (res2)."""
 
-  def __init__(self, in_channels, conv_dim, mask_dim, nheads=8, enc_layers=6, n_points=4):
+  def __init__(self, in_channels, conv_dim, mask_dim, nheads=8, enc_layers=6, n_points=4, d_ffn=1024):
     super().__init__()
     self.input_proj = nn.ModuleList([nn.Sequential(nn.Conv2d(c, conv_dim, 1), nn.GroupNorm(32, conv_dim))
                                      for c in in_channels[1:][::-1]])
-    self.transformer = EncoderOnly(conv_dim, nheads, enc_layers, 1024, 3, n_points)
+    self.transformer = EncoderOnly(conv_dim, nheads, enc_layers, d_ffn, 3, n_points)
     self.mask_features = nn.Conv2d(conv_dim, mask_dim, 1)
     self.adapter_1 = D2Conv(in_channels[0], conv_dim, 1, bias=False, norm=nn.GroupNorm(32, conv_dim))
     self.layer_1 = D2Conv(conv_dim, conv_dim, 3, padding=1, bias=False, norm=nn.GroupNorm(32, conv_dim),
