@@ -66,7 +66,7 @@ def default_model_config() -> ml_collections.ConfigDict:
   m.nheads = 8
   m.dim_feedforward = 2048
   m.dec_layers = 10  # DEC_LAYERS: 9 layers are built (+1 prediction from the learnable queries)
-  m.dropout = 0.  # MASK_FORMER.DROPOUT (pixel-decoder encoder); every decoder layer has dropout 0
+  # No dropout anywhere: MASK_FORMER.DROPOUT and VITA.DROPOUT are 0.0 in every config, decoder layers hard-code 0.
   # VITA module (MODEL.VITA.*).
   m.vita = ml_collections.ConfigDict(dict(
       enc_layers=6, dec_layers=3, nheads=8, dim_feedforward=2048, hidden_dim=256, num_queries=100,
@@ -141,7 +141,6 @@ class VITASettings:
   nheads: int
   dim_feedforward: int
   dec_layers: int
-  dropout: float
   vita: VITAModuleSettings
   pixel_mean: tuple[float, ...]
   pixel_std: tuple[float, ...]
@@ -321,7 +320,7 @@ class VITA(nnx.Module):
     pixel_decoder = mask2former.MSDeformAttnPixelDecoder(
         list(channels.values()), STRIDES, conv_dim=c.conv_dim, mask_dim=c.mask_dim, transformer_nheads=c.nheads,
         transformer_enc_layers=c.pixel_decoder_enc_layers,
-        transformer_dim_feedforward=c.pixel_decoder_dim_feedforward, transformer_dropout=c.dropout,
+        transformer_dim_feedforward=c.pixel_decoder_dim_feedforward,
         enc_n_points=c.enc_n_points, msda_implementation=c.msda_implementation or None, remat=c.remat, rngs=rngs)
     predictor = mask2former.MultiScaleMaskedTransformerDecoder(
         c.hidden_dim, c.num_classes, c.num_frame_queries, c.nheads, c.dim_feedforward, c.dec_layers - 1, c.mask_dim,
