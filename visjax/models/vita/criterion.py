@@ -290,6 +290,9 @@ def criterion(outputs: dict[str, Any], targets: Targets, frame_draws: PointDraws
   losses = _layers({k: v * weights[k] for k, v in f_losses.items()}, '', s.deep_supervision)
   losses.update(_layers({k: v * weights[k] for k, v in v_losses.items()}, 'vita_', s.vita_deep_supervision))
   if s.sim_weight > 0:  # the frame matchings of the frame-decoder layers VITA read (the last L)
+    if f_match.shape[0] < l:
+      raise ValueError(f'VITA criterion: loss_vita_sim needs the frame matchings of the {l} frame-decoder layers '
+                       'VITA reads; set loss.deep_supervision=True or loss.sim_weight=0.')
     frame_match = f_match[-l:].reshape(l, b, t, n)
     sim = similarity_loss(video['pred_fq_embed'], video['pred_cq_embed'][-1], frame_match,
                           v_match[-1].reshape(l, b, n), targets)
