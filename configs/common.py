@@ -88,3 +88,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.convert.allow_unexpected = ()
   c.convert.allow_shape_mismatch = ()
   return c
+
+
+def use_synthetic(c: ml_collections.ConfigDict, root: str, **options) -> ml_collections.ConfigDict:
+  """Points `c.dataset` at a synthetic moving-shapes set under `root`, generated and converted on first use
+  (`visjax.train.prepare`); `options` are `data_pipeline.synthetic` options (num_videos, seed, height, ...)."""
+  c.dataset.name = 'synthetic'
+  c.dataset.prepare = 'synthetic'
+  c.dataset.root = root
+  c.dataset.train_json = f'{root}/train.json'
+  c.dataset.valid_json = f'{root}/valid.json'
+  c.dataset.tfrecords = f'{root}/tfrecords_train'
+  c.dataset.eval_tfrecords = f'{root}/tfrecords_valid'
+  c.dataset.synthetic = ml_collections.ConfigDict(options)
+  return c

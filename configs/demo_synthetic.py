@@ -21,22 +21,17 @@ It reaches validation AP ~0.33, not the 0.5 the demo aims at (see RESULTS.md for
 
 import ml_collections
 
+from configs import common
 from configs import idol_tiny
 from data_pipeline import synthetic
 
 
 def get_config() -> ml_collections.ConfigDict:
   c = idol_tiny.get_config()
-  root = 'data/synthetic_demo'
-  c.dataset.root = root
-  c.dataset.train_json = f'{root}/train.json'
-  c.dataset.valid_json = f'{root}/valid.json'
-  c.dataset.tfrecords = f'{root}/tfrecords_train'
-  c.dataset.eval_tfrecords = f'{root}/tfrecords_valid'
   # 360 training / 40 validation videos (~35 s to generate and convert): with 36 training videos the model
   # overfits (AP 0.43 on them, 0.23 on validation); 160 / 360 give validation AP 0.30 / 0.33.
-  c.dataset.synthetic = ml_collections.ConfigDict(dict(num_videos=400, seed=0, height=96, width=160,
-                                                       valid_fraction=0.1, min_radius=0.15, max_radius=0.3))
+  common.use_synthetic(c, 'data/synthetic_demo', num_videos=400, seed=0, height=96, width=160, valid_fraction=0.1,
+                       min_radius=0.15, max_radius=0.3)
   cats = synthetic.categories()
   c.dataset.num_classes = len(cats)
   c.model.num_classes = len(cats)

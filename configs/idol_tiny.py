@@ -6,6 +6,7 @@ Trains on CPU in minutes: `python -m visjax.main --config configs/idol_tiny.py -
 
 import ml_collections
 
+from configs import common
 from configs import idol_common
 
 
@@ -25,15 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
   m.reid_dim = 64
   m.mask_dim = 2  # d_model // 32
 
-  root = '/tmp/visjax_synthetic'
-  c.dataset.name = 'synthetic'
-  c.dataset.prepare = 'synthetic'
-  c.dataset.root = root
-  c.dataset.train_json = f'{root}/train.json'
-  c.dataset.valid_json = f'{root}/valid.json'
-  c.dataset.tfrecords = f'{root}/tfrecords_train'
-  c.dataset.eval_tfrecords = f'{root}/tfrecords_valid'
-  c.dataset.synthetic = ml_collections.ConfigDict(dict(num_videos=40, seed=0, height=96, width=160))
+  common.use_synthetic(c, '/tmp/visjax_synthetic', num_videos=40, seed=0, height=96, width=160)
 
   c.input.batch_size = 4
   c.input.max_instances = 4

@@ -1,8 +1,8 @@
-"""Reference MSDA implementations shared by the MSDA tests: a float64 NumPy oracle and the torch formulation."""
+"""Reference MSDA implementations shared by the MSDA tests: a float64 NumPy oracle and the torch formulation.
+
+Independent of the code under test (no visjax / pallas_kernels imports)."""
 
 import numpy as np
-
-from pallas_kernels.msda import common
 
 
 def msda_numpy(value, spatial_shapes, locations, weights):
@@ -13,7 +13,8 @@ def msda_numpy(value, spatial_shapes, locations, weights):
   out = np.zeros((b, q, m, d))
   bi = np.arange(b)[:, None, None, None]
   mi = np.arange(m)[None, None, :, None]
-  for lvl, ((h, w), start) in enumerate(zip(spatial_shapes, common.level_starts(spatial_shapes))):
+  starts = np.cumsum([0] + [h * w for h, w in spatial_shapes])
+  for lvl, ((h, w), start) in enumerate(zip(spatial_shapes, starts)):
     v = value[:, start:start + h * w].reshape(b, h, w, m, d)
     x = locations[:, :, :, lvl, :, 0] * w - 0.5  # [B, Q, M, P]
     y = locations[:, :, :, lvl, :, 1] * h - 0.5

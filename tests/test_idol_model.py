@@ -139,3 +139,29 @@ def test_train_mode_dropout_and_gradients(model):
                'transformer.decoder.layers.1.self_attn.q_proj.kernel', 'transformer.reference_points.kernel',
                'backbone.res5.0.conv1.kernel', 'input_proj.levels.3.conv.kernel'):
     assert np.abs(flat[name]).max() > 0, name
+
+
+def test_intermediates_on_request_at_zero_cost(model):
+  """`intermediates=True` adds the named intermediates to the same call with identical outputs; it is a Python
+  switch, so the plain call traces the graph without them (it returns the outputs dict only)."""
+  images = jnp.asarray(np.random.default_rng(0).integers(0, 255, (2, 64, 96, 3)), jnp.uint8)
+  sizes = jnp.asarray([[64, 96], [50, 70]], jnp.int32)
+  plain = model(images, sizes)
+  outputs, inter = model(images, sizes, intermediates=True)
+  for k in plain:
+    np.testing.assert_array_equal(np.asarray(outputs[k]), np.asarray(plain[k]))
+  c = model.config
+  ldec, q = c.dec_layers, c.num_queries
+  assert inter['decoder.hs'].shape == (ldec, 2, q, c.d_model)
+  assert inter['decoder.sampling_locations'].shape == (ldec, 2, q, c.nheads, c.num_feature_levels, c.dec_n_points, 2)
+  assert inter['decoder.attention_weights'].shape == (ldec, 2, q, c.nheads, c.num_feature_levels, c.dec_n_points)
+  np.testing.assert_allclose(np.asarray(inter['decoder.attention_weights']).sum((-1, -2)), 1., rtol=1e-5)
+  assert set(k for k in inter if k.startswith('backbone.')) == {'backbone.res3', 'backbone.res4', 'backbone.res5'}
+  assert inter['transformer.mask_0'].dtype == jnp.bool_ and bool(inter['transformer.mask_0'][1].any())
+  assert inter['encoder.memory'].shape[:2] == (2, sum(inter[f'transformer.src_{l}'].shape[1] *
+                                                      inter[f'transformer.src_{l}'].shape[2]
+                                                      for l in range(c.num_feature_levels)))
+  assert inter['controller.params'].shape[:3] == (ldec, 2, q)
+  graphdef, state = nnx.split(model)
+  plain_out = jax.eval_shape(lambda s: nnx.merge(graphdef, s)(images, sizes), state)
+  assert set(plain_out) == set(plain), 'the plain call returns only the outputs'

@@ -1,6 +1,9 @@
 """Multi-scale deformable attention kernels vs a float64 NumPy oracle, torch grid_sample, and each other."""
 
 import contextlib
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -299,3 +302,69 @@ def test_pallas_kernels_lower_for_their_platform(platform, implementation, value
                                  disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(target)])(*args)
   module = exported.mlir_module()
   assert module.count(target) >= 2  # the forward kernel and the backward kernel(s)
+
+
+_X64_IMPLEMENTATIONS = {
+    'xla': lambda v, s, l, a: msda.ms_deform_attn(v, s, l, a, implementation='xla'),
+    'pallas/atomic_rows': lambda v, s, l, a: msda.ms_deform_attn(v, s, l, a, implementation='pallas'),
+    'pallas/sorted': lambda v, s, l, a: msda.ms_deform_attn(v, s, l, a, implementation='pallas', deterministic=True),
+    'pallas_tpu': lambda v, s, l, a: msda.ms_deform_attn(v, s, l, a, implementation='pallas_tpu'),
+}
+
+
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+@pytest.mark.parametrize('name', list(_X64_IMPLEMENTATIONS))
+def test_every_implementation_under_x64(name, dtype):
+  """With `jax_enable_x64` on (scoped to this test), every implementation runs forward and all three gradients on
+  float32 and float64 inputs, keeps the input dtype, and matches the float64 oracle / the XLA float64 gradients.
+  The Pallas kernels accumulate in float32 whatever the input dtype (hence 1e-5); XLA accumulates in float64 for
+  float64 inputs."""
+  spatial_shapes, *dims = CASES[0]
+  # Off the pixel grid, so float32 and float64 locations sit on the same side of every bilinear kink.
+  value, loc, aw = (x.astype(dtype) for x in _off_grid_inputs(80, spatial_shapes, *dims))
+  loc[:, 1] = loc[:, 0]  # duplicate rows reach the value gradient from two queries
+  cot = np.random.default_rng(81).standard_normal((dims[0], dims[1], dims[2] * dims[3])).astype(dtype)
+  impl = _X64_IMPLEMENTATIONS[name]
+  tol = 1e-12 if (name == 'xla' and dtype == np.float64) else 1e-5
+  with jax.enable_x64(True):
+    out = jax.jit(lambda v, l, a: impl(v, spatial_shapes, l, a))(value, loc, aw)
+    assert out.dtype == dtype
+    assert rel_err(out, msda_numpy(value, spatial_shapes, loc, aw)) < tol
+    got = _grads(impl, value, spatial_shapes, loc, aw, cot)
+    expected = _grads(msda.ms_deform_attn_xla, value.astype(np.float64), spatial_shapes, loc.astype(np.float64),
+                      aw.astype(np.float64), cot.astype(np.float64))
+  for arg, x, y in zip(('value', 'sampling_locations', 'attention_weights'), got, expected):
+    assert x.dtype == dtype, arg
+    assert rel_err(x, y) < tol, arg
+
+
+_GLOBAL_X64_SCRIPT = '''
+import jax, jax.numpy as jnp, numpy as np
+jax.config.update('jax_enable_x64', True)
+from pallas_kernels import msda
+from pallas_kernels.msda import triton_gpu
+shapes = ((7, 5), (3, 4))
+rng = np.random.default_rng(0)
+for dtype in (np.float32, np.float64):
+  args = (rng.standard_normal((1, 47, 2, 4)).astype(dtype), rng.uniform(-0.2, 1.2, (1, 9, 2, 2, 2, 2)).astype(dtype),
+          rng.random((1, 9, 2, 2, 2)).astype(dtype))
+  impls = [lambda v, l, a, i=i: msda.ms_deform_attn(v, shapes, l, a, implementation=i)
+           for i in ('xla', 'pallas', 'pallas_tpu')]
+  impls += [lambda v, l, a, g=g: triton_gpu.ms_deform_attn_pallas(v, shapes, l, a, interpret=True, value_grad=g)
+            for g in ('atomic_block', 'sorted')]
+  for f in impls:
+    out, grads = jax.jit(jax.value_and_grad(lambda v, l, a: jnp.sum(f(v, l, a) ** 2), argnums=(0, 1, 2)))(*args)
+    assert out.dtype == dtype and all(g.dtype == dtype and bool(jnp.isfinite(g).all()) for g in grads)
+print('OK')
+'''
+
+
+def test_every_implementation_with_global_x64_flag():
+  """`jax.config.update('jax_enable_x64', True)` for the whole process (a subprocess here): forward and all
+  gradients of every implementation and value-gradient mode run (the Pallas GPU value gradient used to fail with
+  'index arguments to dynamic_slice must be integers of the same type')."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=root + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  result = subprocess.run([sys.executable, '-c', _GLOBAL_X64_SCRIPT], env=env, cwd=root, capture_output=True,
+                          text=True, timeout=600, check=False)
+  assert result.returncode == 0 and result.stdout.strip().endswith('OK'), result.stderr[-3000:]

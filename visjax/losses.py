@@ -8,6 +8,7 @@ Definitions follow the official code the methods were trained with:
 * `sigmoid_focal_loss`: RetinaNet focal loss on logits (`alpha_t (1 - p_t)^gamma BCE`), as in DETR-family
   `segmentation.py`.
 * `dice_loss`: `1 - (2 sum(p t) + 1) / (sum p + sum t + 1)` on sigmoid probabilities (DETR / IDOL form).
+* `dice_loss_squared`: `1 - 2 sum(p t) / (sum p^2 + sum t^2 + eps)` on probabilities (SOLO / VISOLO form).
 * `box_iou` / `generalized_box_iou`: pairwise, DETR `util/box_ops.py` (IoU without epsilon, GIoU enclosing term
   with `+1e-7` as IDOL's copy).
 * `giou_loss`: elementwise `1 - GIoU`, fvcore's `giou_loss` (epsilon 1e-7 on both divisions), used by IDOL.
@@ -135,6 +136,26 @@ def dice_loss(logits: jax.Array, targets: jax.Array, num_batch_dims: int = 1) ->
   numerator = 2. * jnp.sum(prob * targets, axis=axes)
   denominator = jnp.sum(prob, axis=axes) + jnp.sum(targets, axis=axes)
   return 1. - (numerator + 1.) / (denominator + 1.)
+
+
+def dice_loss_squared(probs: jax.Array, targets: jax.Array, eps: float = 1e-7, num_batch_dims: int = 1) -> jax.Array:
+  """Per-instance dice loss with squared denominators, `1 - 2 sum(p t) / (sum p^2 + sum t^2 + eps)` (SOLO,
+  VISOLO `MaskLoss`).
+
+  Args:
+    probs: `[*batch, ...]` mask probabilities (already sigmoid-ed: VISOLO upsamples logits before the sigmoid).
+    targets: same shape, in [0, 1].
+    eps: added to the denominator (VISOLO `DICE_LOSS_EPS` 1e-7).
+    num_batch_dims: how many leading axes to keep.
+
+  Returns:
+    `[*batch]` loss per instance.
+  """
+  targets = targets.astype(probs.dtype)
+  axes = tuple(range(num_batch_dims, probs.ndim))
+  numerator = 2. * jnp.sum(probs * targets, axis=axes)
+  denominator = jnp.sum(probs**2, axis=axes) + jnp.sum(targets**2, axis=axes)
+  return 1. - numerator / (denominator + eps)
 
 
 def _masked_logsumexp(x: jax.Array, mask: jax.Array) -> jax.Array:

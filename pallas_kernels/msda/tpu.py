@@ -168,7 +168,7 @@ def ms_deform_attn_tpu(value: jax.Array, spatial_shapes: common.SpatialShapes, s
   """Multi-scale deformable attention with the Pallas TPU kernels (see the module docstring).
 
   Args:
-    value: `[B, S, M, D]` float32 or bfloat16.
+    value: `[B, S, M, D]` float32 or bfloat16 (float64, under x64, is read as float32).
     spatial_shapes: static `((H_l, W_l), ...)`.
     sampling_locations: `[B, Q, M, L, P, 2]`.
     attention_weights: `[B, Q, M, L, P]`.
@@ -201,6 +201,9 @@ def ms_deform_attn_tpu(value: jax.Array, spatial_shapes: common.SpatialShapes, s
   blocked = rows.reshape(b, m, qp // block_q, -1)
   lo = jnp.min(jnp.where(blocked >= 0, blocked, sp), axis=-1)
   hi = jnp.max(blocked, axis=-1)
-  value_t = jnp.pad(value.transpose(0, 2, 1, 3), ((0, 0), (0, 0), (0, sp - s), (0, 0)))
+  # The kernels read value as float32 (or bfloat16) and accumulate in float32; TPUs have no float64, and a float64
+  # buffer would also break the interpreter, whose callback thread does not see a scoped `jax.enable_x64`.
+  kernel_dtype = jnp.float32 if jnp.dtype(value.dtype).itemsize > 4 else value.dtype
+  value_t = jnp.pad(value.transpose(0, 2, 1, 3).astype(kernel_dtype), ((0, 0), (0, 0), (0, sp - s), (0, 0)))
   out = _msda_core(cfg, lo, hi, rows, coefs, value_t)  # [B, M, Qp, D]
   return out[:, :, :q].transpose(0, 2, 1, 3).reshape(b, q, m * d).astype(value.dtype)

@@ -112,7 +112,9 @@ def _backward_kernel(w_ref, h_ref, start_ref, value_ref, px_ref, py_ref, a_ref, 
       a_k = a_ref[qi, k].astype(jnp.float32)
       for pos, valid, wx, wy, _, _ in common.bilinear_corners(px_ref[qi, k], py_ref[qi, k], wk, hk):
         coef = jnp.where(valid, wx * wy * a_k, 0.0)
-        pltriton.atomic_add(gv_ref, (_rows(pos, sk, cfg, b, m), pl.ds(0, d)), coef * g_row)
+        # int32 slice start, like the row index: a Python 0 becomes int64 under jax_enable_x64, and the
+        # interpreter's dynamic_slice rejects mixed index types.
+        pltriton.atomic_add(gv_ref, (_rows(pos, sk, cfg, b, m), pl.ds(jnp.int32(0), d)), coef * g_row)
     return carry
 
   jax.lax.fori_loop(0, g_ref.shape[0], scatter_query, 0)

@@ -11,11 +11,11 @@ and the unpadded `(h, w)` per image, and returns per-decoder-layer class logits,
 stride 4) and the last layer's re-ID embeddings, stacked like visjax's IDOL outputs (NCHW -> [.., H/4, W/4]).
 """
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import position_ref
 
 
 def inverse_sigmoid(x, eps=1e-5):
@@ -186,26 +186,6 @@ class DeformableTransformer(nn.Module):
     return hs, memory, init_ref, inter_refs
 
 
-class PositionEmbeddingSine(nn.Module):
-
-  def __init__(self, num_pos_feats=128, temperature=10000):
-    super().__init__()
-    self.num_pos_feats, self.temperature = num_pos_feats, temperature
-
-  def forward(self, mask):
-    not_mask = ~mask
-    y = not_mask.cumsum(1, dtype=torch.float32)
-    x = not_mask.cumsum(2, dtype=torch.float32)
-    y = (y - 0.5) / (y[:, -1:, :] + 1e-6) * 2 * math.pi
-    x = (x - 0.5) / (x[:, :, -1:] + 1e-6) * 2 * math.pi
-    dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32)
-    dim_t = self.temperature ** (2 * (dim_t // 2) / self.num_pos_feats)
-    px, py = x[..., None] / dim_t, y[..., None] / dim_t
-    px = torch.stack((px[..., 0::2].sin(), px[..., 1::2].cos()), dim=4).flatten(3)
-    py = torch.stack((py[..., 0::2].sin(), py[..., 1::2].cos()), dim=4).flatten(3)
-    return torch.cat((py, px), dim=3).permute(0, 3, 1, 2)
-
-
 class MaskedBackbone(nn.Module):
   """Holds the d2 backbone (`resnet_refs.D2ResNet` or `swin_ref.D2SwinTransformer`, returning res2..res5) as
   `.backbone` (key prefix `backbone.0.backbone.`)."""
@@ -234,7 +214,7 @@ class DeformableDETR(nn.Module):
                dim_feedforward, num_feature_levels, enc_n_points, dec_n_points):
     super().__init__()
     self.num_feature_levels = num_feature_levels
-    self.backbone = nn.Sequential(MaskedBackbone(backbone), PositionEmbeddingSine(d_model // 2))
+    self.backbone = nn.Sequential(MaskedBackbone(backbone), position_ref.PositionEmbeddingSine(d_model // 2))
     self.transformer = DeformableTransformer(d_model, nhead, enc_layers, dec_layers, dim_feedforward,
                                              num_feature_levels, enc_n_points, dec_n_points)
     self.query_embed = nn.Embedding(num_queries, 2 * d_model)

@@ -1,2 +1,3 @@
 """Host-side inference shared by every method: tracks and their CodaLab records (`tracks`), mask / box
-post-processing (`postprocess`), and the streaming predictor interface (`predictor`)."""
+post-processing (`postprocess`), mmcv box NMS (`nms`), Matrix NMS (`matrix_nms`), torch-exact mask resizing
+(`masks`) and the streaming predictor interface (`predictor`)."""

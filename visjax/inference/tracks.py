@@ -5,7 +5,8 @@ video-level class-score vector `[C]`. `tracks_to_records` applies a method's cat
 
   * 'threshold' (IDOL `MULTI_CLS_ON`): one record per class whose score exceeds `threshold`;
   * 'argmax': one record per track with its best class;
-  * 'topk' (VITA): the `k` best (track, class) pairs of the whole video, in descending score order.
+  * 'topk' (VITA, IAI): the `k` best (track, class) pairs of the whole video, in descending score order, those
+    with score > `threshold` (IAI 0.05; VITA's 0 keeps every positive score).
 
 `category_ids` maps the contiguous class index to the dataset's json `category_id` (the manifest's table).
 `VideoTracks` accumulates tracks frame by frame with constant memory per track (RLE strings only).
@@ -74,7 +75,7 @@ def tracks_to_records(tracks: Sequence[Track], *, video_id: Any, rule: RecordRul
       picks.extend((float(s), int(c), track) for c, s in enumerate(scores))
   if rule.kind == 'topk':
     order = sorted(range(len(picks)), key=lambda i: -picks[i][0])[:rule.k]
-    picks = [picks[i] for i in order]
+    picks = [picks[i] for i in order if picks[i][0] > rule.threshold]
   return [{'video_id': video_id, 'score': score, 'category_id': int(category_ids[label]),
            'segmentations': list(track.segmentations)} for score, label, track in picks]
 

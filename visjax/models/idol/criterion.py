@@ -23,7 +23,8 @@ both frames. Normalisation: the official code divides by the number of matched q
 """
 
 import dataclasses
-from typing import Any
+import functools
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -143,7 +144,7 @@ def mask_targets(masks: jax.Array, out_hw: tuple[int, int], stride: int = 4, div
   return jnp.pad(sampled, pad)
 
 
-def _take(x: jax.Array, idx: jax.Array) -> jax.Array:
+def batched_take(x: jax.Array, idx: jax.Array) -> jax.Array:
   """Per-batch gather: `x [B, K, ...]`, `idx int [B, M]` -> `[B, M, ...]`."""
   return jax.vmap(lambda a, i: a[i])(x, idx)
 
@@ -153,11 +154,19 @@ def _take(x: jax.Array, idx: jax.Array) -> jax.Array:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _detection_losses(logits, boxes, masks, assign, gt_boxes, gt_labels, gt_masks, cfg):
+def max_matched_queries(num_queries: int, num_gts: int, candidate_k: int) -> int:
+  """Static bound on the queries SimOTA selects in one frame: each gt takes `k <= candidate_k` queries (k is the
+  integer part of a sum of `candidate_k` IoUs, at least 1) and a query serves one gt, so at most
+  `min(Q, candidate_k * G)`."""
+  return min(num_queries, max(1, candidate_k) * num_gts)
+
+
+def _detection_losses(logits, boxes, mask_fn, assign, gt_boxes, gt_labels, gt_masks, cfg):
   """Class, box and mask losses of one layer on the key frame.
 
   Args:
-    logits: `[B, Q, C]`; boxes: `[B, Q, 4]`; masks: `[B, Q, h, w]` logits.
+    logits: `[B, Q, C]`; boxes: `[B, Q, 4]`.
+    mask_fn: `queries int [B, M] -> [B, M, h, w]` mask logits of those key-frame queries of this layer.
     assign: batched `SimOTAResult` (`query_gt [B, Q]`).
     gt_boxes: `[B, G, 4]`; gt_labels: `[B, G]`; gt_masks: `[B, G, h, w]` float targets.
     cfg: loss config.
@@ -176,18 +185,18 @@ def _detection_losses(logits, boxes, masks, assign, gt_boxes, gt_labels, gt_mask
   focal = losses.sigmoid_focal_loss(logits, onehot, cfg.focal_alpha, cfg.focal_gamma)
   loss_ce = jnp.sum(focal) / num_matched
 
-  tgt_boxes = _take(gt_boxes, safe_gt)  # [B, Q, 4]
+  tgt_boxes = batched_take(gt_boxes, safe_gt)  # [B, Q, 4]
   loss_bbox = jnp.sum(losses.l1_loss(boxes, tgt_boxes) * selected) / num_matched
   giou = losses.giou_loss(losses.box_cxcywh_to_xyxy(boxes), losses.box_cxcywh_to_xyxy(tgt_boxes))
   loss_giou = jnp.sum(jnp.where(selected, giou, 0.)) / num_matched
 
-  # Masks: gather the (at most candidate_k per gt) matched queries first, so the pixel losses stay small.
-  num_q, num_g = logits.shape[1], gt_boxes.shape[1]
-  cap = min(num_q, max(1, cfg.simota_candidate_k) * num_g)
+  # Masks only for the matched queries (at most `max_matched_queries`, padded with unselected ones), as the
+  # official criterion: the mask head and the pixel losses run on [B, M] instead of [B, Q] instances.
+  cap = max_matched_queries(logits.shape[1], gt_boxes.shape[1], cfg.simota_candidate_k)
   order = jnp.argsort(~selected, axis=1, stable=True)[:, :cap]  # selected queries first
   sel = jnp.take_along_axis(selected, order, axis=1)  # [B, M]
-  pred = _take(masks, order)  # [B, M, h, w]
-  tgt = _take(gt_masks, jnp.take_along_axis(safe_gt, order, axis=1)).astype(pred.dtype)
+  pred = mask_fn(order)  # [B, M, h, w]
+  tgt = batched_take(gt_masks, jnp.take_along_axis(safe_gt, order, axis=1)).astype(pred.dtype)
   mask_focal = jnp.mean(losses.sigmoid_focal_loss(pred, tgt, cfg.focal_alpha, cfg.focal_gamma), axis=(-2, -1))
   loss_mask = jnp.sum(jnp.where(sel, mask_focal, 0.)) / num_matched
   dice = losses.dice_loss(pred, tgt, num_batch_dims=2)
@@ -234,7 +243,7 @@ def _reid_losses(embeds_key, embeds_ref, logits_ref, boxes_ref, matched_query, g
   neg = ~_assign(logits_ref, boxes_ref, gt_boxes_ref, gt_labels, valid_ref, cfg,
                  cfg.contrast_neg_candidate_k).matching
   pos, neg = jnp.swapaxes(pos, 1, 2), jnp.swapaxes(neg, 1, 2)  # [B, G, Q]
-  anchors = _take(embeds_key, jnp.maximum(matched_query, 0))  # [B, G, E]
+  anchors = batched_take(embeds_key, jnp.maximum(matched_query, 0))  # [B, G, E]
   cands = embeds_ref[:, None]  # [B, 1, Q, E]
   contrast = losses.contrastive_loss(anchors, cands, pos, neg)  # [B, G]
   sampled = _sample_negatives(rng, pos, neg, cfg.contrast_aux_neg_ratio)
@@ -270,29 +279,40 @@ def clip_targets(batch: dict[str, Any]) -> dict[str, jax.Array]:
           'boxes_ref': batch['boxes'][:, 1], 'masks_key': batch['masks'][:, 0]}
 
 
+# `(layer, queries int [B, M]) -> [B, M, h, w]`: mask logits of the given queries of the B key frames.
+KeyMaskFn = Callable[[int, jax.Array], jax.Array]
+
+
 def idol_loss(outputs: dict[str, jax.Array], batch: dict[str, Any], *, rng: jax.Array,
-              loss_config: LossSettings) -> tuple[jax.Array, dict[str, jax.Array]]:
+              loss_config: LossSettings, mask_fn: KeyMaskFn | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The IDOL training loss of one batch of clips.
 
   Args:
     outputs: the model outputs (docs/INTERFACES.md §4) on the `2B` frames `[b0 key, b0 ref, b1 key, ...]`:
-      `pred_logits [L, 2B, Q, C]`, `pred_boxes [L, 2B, Q, 4]`, `pred_masks [L, 2B, Q, h, w]`,
-      `pred_embeds [2B, Q, E]`.
+      `pred_logits [L, 2B, Q, C]`, `pred_boxes [L, 2B, Q, 4]`, `pred_embeds [2B, Q, E]`, and `pred_masks
+      [L, 2B, Q, h, w]` unless `mask_fn` is given.
     batch: the `[B, 2, ...]` training batch (docs/INTERFACES.md §1).
     rng: PRNG key (aux-loss negative sampling).
     loss_config: the loss settings (`loss_settings(config.loss)`).
+    mask_fn: computes key-frame mask logits of the matched queries only (`KeyMaskFn`, at stride
+      `mask_out_stride` of the batch's frames); None reads them from `outputs['pred_masks']`.
 
   Returns:
     `(total, terms)`: the weighted sum and every weighted term (`loss_ce`, ..., `loss_reid_aux`, `loss_ce_0`, ...).
   """
   cfg = loss_config
   gts = clip_targets(batch)
-  logits, boxes, masks = outputs['pred_logits'], outputs['pred_boxes'], outputs['pred_masks']
+  logits, boxes = outputs['pred_logits'], outputs['pred_boxes']
   num_layers = logits.shape[0]
   if logits.shape[1] != 2 * gts['labels'].shape[0]:
     raise ValueError(f'IDOL criterion: outputs hold {logits.shape[1]} frames, expected 2 x {gts["labels"].shape[0]}'
                      ' clips (key, reference interleaved).')
-  gt_masks = mask_targets(gts['masks_key'], masks.shape[-2:], cfg.mask_out_stride)
+  if mask_fn is None:
+    mask_fn = lambda layer, queries: batched_take(outputs['pred_masks'][layer, 0::2], queries)
+    out_hw = outputs['pred_masks'].shape[-2:]
+  else:
+    out_hw = tuple(-(-n // cfg.mask_out_stride) for n in gts['masks_key'].shape[-2:])
+  gt_masks = mask_targets(gts['masks_key'], out_hw, cfg.mask_out_stride)
 
   terms = {}
   layers = range(num_layers) if cfg.deep_supervision else [num_layers - 1]
@@ -301,8 +321,8 @@ def idol_loss(outputs: dict[str, jax.Array], batch: dict[str, Any], *, rng: jax.
     key_logits, key_boxes = logits[layer, 0::2], boxes[layer, 0::2]
     assign = _assign(key_logits, key_boxes, gts['boxes_key'], gts['labels'], gts['valid_key'], cfg,
                      cfg.simota_candidate_k)
-    layer_terms = _detection_losses(key_logits, key_boxes, masks[layer, 0::2], assign, gts['boxes_key'],
-                                    gts['labels'], gt_masks, cfg)
+    layer_terms = _detection_losses(key_logits, key_boxes, functools.partial(mask_fn, layer), assign,
+                                    gts['boxes_key'], gts['labels'], gt_masks, cfg)
     suffix = '' if layer == num_layers - 1 else f'_{layer}'
     terms.update({k + suffix: v for k, v in layer_terms.items()})
     matched_query = assign.matched_query

@@ -1,7 +1,9 @@
 """IDOL on method contract v2 (docs/INTERFACES.md §3): `METHOD = IDOLMethod`.
 
-* `loss_fn` flattens the `[B, 2, ...]` clips (key, reference) into `2B` frames, runs one forward pass and the
-  criterion (`criterion.idol_loss`) with the `config.loss` settings read once at construction.
+* `loss_fn` flattens the `[B, 2, ...]` clips (key, reference) into `2B` frames, runs one forward pass up to the
+  controller outputs (`IDOL.forward_heads`) and the criterion (`criterion.idol_loss`, with the `config.loss`
+  settings read once at construction), which computes the dynamic mask head only for the key-frame queries its
+  matcher selects (as the official criterion does).
 * `make_predictor` returns an `IDOLPredictor`: frames arrive in chunks of any length; the detector runs on
   `config.tracker.batch_infer_len` frames at a time (jitted once per padded size, the last chunk zero-padded), then
   per frame on the host: query selection and box NMS, the IDOL tracker, output masks (bilinear to the padded size,
@@ -146,8 +148,17 @@ class IDOLMethod(registry.Method):
     frames = images.reshape((b * t,) + images.shape[2:])
     sizes = batch['image_size'].reshape(b * t, 2)
     dropout_rng, sample_rng = jax.random.split(rng)
-    outputs = model(frames, sizes, train=train, rng=dropout_rng)
-    return criterion.idol_loss(outputs, batch, rng=sample_rng, loss_config=self.loss_settings)
+    outputs = model.forward_heads(frames, sizes, train=train, rng=dropout_rng, mask_frames=slice(0, None, 2))
+    key_feats = outputs['mask_feats']
+    stride = model.config.mask_out_stride
+    out_hw = (-(-images.shape[2] // stride), -(-images.shape[3] // stride))
+
+    def key_masks(layer: int, queries: jax.Array) -> jax.Array:
+      """Mask logits `[B, M, h, w]` of `queries [B, M]` of layer `layer` on the key frames."""
+      return model.mask_logits(key_feats, criterion.batched_take(outputs['mask_centres'][layer, 0::2], queries),
+                               criterion.batched_take(outputs['mask_params'][layer, 0::2], queries), out_hw)
+
+    return criterion.idol_loss(outputs, batch, rng=sample_rng, loss_config=self.loss_settings, mask_fn=key_masks)
 
   def make_predictor(self, model: nnx.Module, video: predictor_lib.VideoMeta,
                      detector: Detector | None = None) -> IDOLPredictor:

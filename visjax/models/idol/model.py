@@ -15,7 +15,9 @@ Module names mirror the official `IDOL.detr` tree (see `visjax/convert/rules_ido
 
 `IDOL.__call__` returns the dict of docs/INTERFACES.md §4 for every decoder layer: logits, boxes, mask logits at
 stride 4 (for all queries; the mask of layer l uses the reference entering layer l, in pixels of the unpadded
-image, as IDOL does), the last layer's re-ID embeddings and the references.
+image, as IDOL does), the last layer's re-ID embeddings and the references. Training instead calls
+`forward_heads` (everything up to the controller outputs) and `mask_logits` for the queries the matcher selected
+(`method.loss_fn`), as the official criterion does.
 """
 
 import dataclasses
@@ -180,24 +182,26 @@ class IDOL(nnx.Module):
     return preprocess.normalize_images(images, image_size, pixel_mean=c.pixel_mean, pixel_std=c.pixel_std,
                                        size_divisibility=c.size_divisibility)
 
-  def __call__(self, images: jax.Array, image_size: jax.Array, *, train: bool = False,
-               rng: jax.Array | None = None, mask_layers: Sequence[int] | None = None) -> dict[str, jax.Array]:
-    """Runs the per-frame model.
+  def forward_heads(self, images: jax.Array, image_size: jax.Array, *, train: bool = False,
+                    rng: jax.Array | None = None, mask_frames: slice = slice(None),
+                    intermediates: bool = False) -> dict[str, jax.Array]:
+    """Runs everything but the per-instance dynamic mask convs, returning their inputs instead.
+
+    Training uses this to compute masks only for the queries the matcher selects (`mask_logits`); `__call__`
+    computes them for every query.
 
     Args:
-      images: uint8 or float `[N, H, W, 3]` RGB 0..255, zero-padded bottom/right (any H, W; padded internally to
-        a multiple of `size_divisibility`).
-      image_size: int `[N, 2]` unpadded `(h, w)` of each frame.
-      train: enables dropout (needs `rng`) and the Swin backbone's drop path (which draws from the `dropout`
-        / default stream of the construction `rngs`).
-      rng: PRNG key for dropout (used only when `train` and dropout > 0).
-      mask_layers: decoder layers whose masks are computed (e.g. `(-1,)` at inference); None = all.
+      images, image_size, train, rng: as `__call__`.
+      mask_frames: the frames whose mask features are computed (training: the key frames, `slice(0, None, 2)`).
+      intermediates: also return `intermediates`, the dict of named intermediates (`__call__`).
 
     Returns:
-      dict (all float32):
-        pred_logits `[Ldec, N, Q, C]`, pred_boxes `[Ldec, N, Q, 4]` (cxcywh normalised to the unpadded image),
-        pred_masks `[len(mask_layers) or Ldec, N, Q, ceil(H/4), ceil(W/4)]` mask logits at stride 4 of the input,
-        pred_embeds `[N, Q, E]` (last layer), references `[Ldec, N, Q, 4]` (reference entering each layer).
+      dict: pred_logits, pred_boxes, pred_embeds, references as `__call__` (float32), and
+        mask_feats `[N', Hp/8, Wp/8, mask_dim]` (mask-branch features of the N' `mask_frames`, Hp/Wp = H/W
+        padded to 32) and
+        mask_params `[Ldec, N, Q, P]` (controller outputs, P = 169 for the official head), in the compute dtype,
+        mask_centres `[Ldec, N, Q, 2]` float32 (reference entering each layer, (x, y) in pixels of the unpadded
+        image).
     """
     c = self.config
     if images.ndim != 4 or images.shape[-1] != 3:
@@ -208,7 +212,6 @@ class IDOL(nnx.Module):
     if not deterministic and rng is None:
       raise ValueError('IDOL: train=True with dropout > 0 needs a dropout `rng`.')
     rngs = None if deterministic else nnx.Rngs(dropout=rng)
-    n, h, w, _ = images.shape
     x, pad_mask = self.preprocess(images, image_size)
     if self.dtype is not None:
       x = x.astype(self.dtype)
@@ -220,7 +223,7 @@ class IDOL(nnx.Module):
     srcs, masks = self.input_proj([feats['res3'], feats['res4'], feats['res5']], pad_mask)
     pos = [sine_position_embedding(m, c.d_model // 2) for m in masks]
     out = self.transformer(srcs, masks, pos, self.query_embed.embedding[...], list(self.bbox_embed),
-                           deterministic=deterministic, rngs=rngs)
+                           deterministic=deterministic, rngs=rngs, return_sampling=intermediates)
 
     hs = out.hs
     logits = jnp.stack([head(hs[l]) for l, head in enumerate(self.class_embed)]).astype(jnp.float32)
@@ -228,26 +231,86 @@ class IDOL(nnx.Module):
     # Mask branch on the encoder memory of the three finest levels.
     maps, start = [], 0
     for hl, wl in out.spatial_shapes[:3]:
-      maps.append(out.memory[:, start:start + hl * wl].reshape(n, hl, wl, -1))
+      maps.append(out.memory[mask_frames, start:start + hl * wl].reshape(-1, hl, wl, out.memory.shape[-1]))
       start += hl * wl
-    mask_feats = self.mask_head(maps)
     scale = image_size[:, ::-1].astype(jnp.float32)  # (w, h) of the unpadded image
-    mask_logits = functools.partial(
-        dynamic_mask.dynamic_mask_logits, mask_feat_stride=c.mask_feat_stride, mask_out_stride=c.mask_out_stride,
-        rel_coord=c.rel_coord, dynamic_channels=c.dynamic_channels)
-    if c.remat:
-      mask_logits = jax.checkpoint(mask_logits)
-    layers = range(hs.shape[0]) if mask_layers is None else [range(hs.shape[0])[l] for l in mask_layers]
-    masks_out = []
-    for l in layers:
-      centres = out.references[l][..., :2] * scale[:, None]
-      masks_out.append(mask_logits(mask_feats, centres, self.controller(hs[l])))
-    pred_masks = jnp.stack(masks_out).astype(jnp.float32)
-    pred_masks = pred_masks[..., :-(-h // c.mask_out_stride), :-(-w // c.mask_out_stride)]
-    return {
+    references = out.references.astype(jnp.float32)
+    result = {
         'pred_logits': logits,
         'pred_boxes': out.boxes.astype(jnp.float32),
-        'pred_masks': pred_masks,
         'pred_embeds': self.reid_embed_head(hs[-1]).astype(jnp.float32),
-        'references': out.references.astype(jnp.float32),
+        'references': references,
+        'mask_feats': self.mask_head(maps),
+        'mask_params': self.controller(hs),
+        'mask_centres': references[..., :2] * scale[None, :, None],
     }
+    if intermediates:
+      inter = {f'backbone.{k}': v for k, v in feats.items()}
+      for l, (src, m, p) in enumerate(zip(srcs, masks, pos)):
+        inter.update({f'transformer.src_{l}': src, f'transformer.mask_{l}': m, f'transformer.pos_{l}': p})
+      inter.update({
+          'encoder.memory': out.memory, 'decoder.hs': hs, 'decoder.references': out.references,
+          'decoder.sampling_locations': out.decoder.sampling_locations,
+          'decoder.attention_weights': out.decoder.attention_weights,
+          'mask_head.features': result['mask_feats'], 'controller.params': result['mask_params'],
+      })
+      result['intermediates'] = inter
+    return result
+
+  def mask_logits(self, mask_feats: jax.Array, centres: jax.Array, params: jax.Array,
+                  out_hw: tuple[int, int]) -> jax.Array:
+    """Dynamic-head mask logits of the given instances (recomputed in the backward pass when `remat`).
+
+    Args:
+      mask_feats: `[N, h, w, mask_dim]` (`forward_heads`' mask_feats of the frames concerned).
+      centres: `[N, K, 2]` instance centres (x, y) in pixels; params: `[N, K, P]` their controller outputs.
+      out_hw: static crop of the stride-`mask_out_stride` output, `(ceil(H / s), ceil(W / s))` of the input.
+
+    Returns:
+      float32 `[N, K, out_hw[0], out_hw[1]]`.
+    """
+    c = self.config
+    fn = functools.partial(dynamic_mask.dynamic_mask_logits, mask_feat_stride=c.mask_feat_stride,
+                           mask_out_stride=c.mask_out_stride, rel_coord=c.rel_coord,
+                           dynamic_channels=c.dynamic_channels)
+    if c.remat:
+      fn = jax.checkpoint(fn)
+    return fn(mask_feats, centres, params)[..., :out_hw[0], :out_hw[1]].astype(jnp.float32)
+
+  def __call__(self, images: jax.Array, image_size: jax.Array, *, train: bool = False,
+               rng: jax.Array | None = None, mask_layers: Sequence[int] | None = None, intermediates: bool = False):
+    """Runs the per-frame model.
+
+    Args:
+      images: uint8 or float `[N, H, W, 3]` RGB 0..255, zero-padded bottom/right (any H, W; padded internally to
+        a multiple of `size_divisibility`).
+      image_size: int `[N, 2]` unpadded `(h, w)` of each frame.
+      train: enables dropout (needs `rng`) and the Swin backbone's drop path (which draws from the `dropout`
+        / default stream of the construction `rngs`).
+      rng: PRNG key for dropout (used only when `train` and dropout > 0).
+      mask_layers: decoder layers whose masks are computed (e.g. `(-1,)` at inference); None = all.
+      intermediates: also return the named intermediates (docs/INTERFACES.md §6; a Python switch, so the graph
+        traced without it is unchanged):
+          backbone.res3|res4|res5 `[N, h, w, C_l]`; transformer.src_{l} `[N, H_l, W_l, C]` (projected input
+          level l), transformer.mask_{l} bool `[N, H_l, W_l]`, transformer.pos_{l} `[N, H_l, W_l, C]`;
+          encoder.memory `[N, S, C]`; decoder.hs `[Ldec, N, Q, C]`, decoder.references `[Ldec, N, Q, 4]`,
+          decoder.sampling_locations `[Ldec, N, Q, M, L, P, 2]`, decoder.attention_weights `[Ldec, N, Q, M, L, P]`;
+          mask_head.features `[N, H/8, W/8, mask_dim]`; controller.params `[Ldec, N, Q, P]` (dynamic mask-head
+          parameters of every layer).
+
+    Returns:
+      dict (all float32):
+        pred_logits `[Ldec, N, Q, C]`, pred_boxes `[Ldec, N, Q, 4]` (cxcywh normalised to the unpadded image),
+        pred_masks `[len(mask_layers) or Ldec, N, Q, ceil(H/4), ceil(W/4)]` mask logits at stride 4 of the input,
+        pred_embeds `[N, Q, E]` (last layer), references `[Ldec, N, Q, 4]` (reference entering each layer).
+      With `intermediates`, `(outputs, intermediates)`.
+    """
+    out = self.forward_heads(images, image_size, train=train, rng=rng, intermediates=intermediates)
+    inter = out.pop('intermediates', None)
+    feats, params, centres = out.pop('mask_feats'), out.pop('mask_params'), out.pop('mask_centres')
+    num_layers = params.shape[0]
+    layers = range(num_layers) if mask_layers is None else [range(num_layers)[l] for l in mask_layers]
+    stride = self.config.mask_out_stride
+    out_hw = (-(-images.shape[1] // stride), -(-images.shape[2] // stride))
+    out['pred_masks'] = jnp.stack([self.mask_logits(feats, centres[l], params[l], out_hw) for l in layers])
+    return (out, inter) if intermediates else out

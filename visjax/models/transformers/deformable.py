@@ -142,13 +142,14 @@ def encoder_reference_points(spatial_shapes: SpatialShapes, ratios: jax.Array) -
 # Layers.
 
 
-def _layer_caller(remat: bool, spatial_shapes: SpatialShapes, deterministic: bool) -> Callable[..., jax.Array]:
+def _layer_caller(remat: bool, spatial_shapes: SpatialShapes, deterministic: bool,
+                  **layer_kwargs) -> Callable[..., jax.Array]:
   """Returns `call(layer, *arrays, padding_mask, rngs)` = `layer(*arrays, spatial_shapes, padding_mask, ...)`,
   rematerialised in the backward pass (`nnx.remat`, i.e. jax.checkpoint) when `remat`."""
 
   def call(layer, *args):
     *arrays, padding_mask, rngs = args
-    return layer(*arrays, spatial_shapes, padding_mask, deterministic=deterministic, rngs=rngs)
+    return layer(*arrays, spatial_shapes, padding_mask, deterministic=deterministic, rngs=rngs, **layer_kwargs)
 
   return nnx.remat(call) if remat else call
 
@@ -223,15 +224,20 @@ class DeformableTransformerDecoderLayer(nnx.Module):
 
   def __call__(self, tgt: jax.Array, query_pos: jax.Array, reference_points: jax.Array, memory: jax.Array,
                spatial_shapes: SpatialShapes, padding_mask: jax.Array | None, *, deterministic: bool,
-               rngs: nnx.Rngs | None) -> jax.Array:
-    """`tgt`, `query_pos [B, Q, C]`, `reference_points [B, Q, L, 2|4]`, `memory [B, S, C]` -> `[B, Q, C]`."""
+               rngs: nnx.Rngs | None, return_sampling: bool = False):
+    """`tgt`, `query_pos [B, Q, C]`, `reference_points [B, Q, L, 2|4]`, `memory [B, S, C]` -> `[B, Q, C]`, and with
+    `return_sampling` also the cross-attention's `(sampling locations [B, Q, M, L, P, 2], weights [B, Q, M, L, P])`."""
     q = tgt + query_pos
     attn = self.self_attn(q, q, tgt, deterministic=deterministic, rngs=rngs)
     tgt = self.norm2(tgt + self.dropout2(attn, deterministic=deterministic, rngs=rngs))
-    attn = self.cross_attn(tgt + query_pos, reference_points, memory, spatial_shapes, padding_mask)
+    attn = self.cross_attn(tgt + query_pos, reference_points, memory, spatial_shapes, padding_mask,
+                           return_sampling=return_sampling)
+    if return_sampling:
+      attn, *sampling = attn
     tgt = self.norm1(tgt + self.dropout1(attn, deterministic=deterministic, rngs=rngs))
     ffn = _ffn(self, tgt, self.dropout3, deterministic, rngs)
-    return self.norm3(tgt + self.dropout4(ffn, deterministic=deterministic, rngs=rngs))
+    out = self.norm3(tgt + self.dropout4(ffn, deterministic=deterministic, rngs=rngs))
+    return (out, tuple(sampling)) if return_sampling else out
 
 
 class DecoderOutput(NamedTuple):
@@ -242,10 +248,14 @@ class DecoderOutput(NamedTuple):
   boxes: `[Ldec, B, Q, 4]` refined boxes `sigmoid(bbox_embed[l](hs[l]) + inverse_sigmoid(ref))` (only xy gets the
     reference term for a 2-d reference); gradients flow into `bbox_embed` and `hs`, not into the reference.
     None without box refinement.
+  sampling_locations: `[Ldec, B, Q, M, L, P, 2]` cross-attention sampling locations (only when asked).
+  attention_weights: `[Ldec, B, Q, M, L, P]` their weights (only when asked).
   """
   hs: jax.Array
   references: jax.Array
   boxes: jax.Array | None
+  sampling_locations: jax.Array | None = None
+  attention_weights: jax.Array | None = None
 
 
 def _pad_reference(ref: jax.Array) -> jax.Array:
@@ -272,8 +282,9 @@ class DeformableTransformerDecoder(nnx.Module):
   def __call__(self, tgt: jax.Array, reference_points: jax.Array, memory: jax.Array, spatial_shapes: SpatialShapes,
                ratios: jax.Array, query_pos: jax.Array, padding_mask: jax.Array | None,
                bbox_embed: Sequence[Callable[[jax.Array], jax.Array]] | None = None, *,
-               deterministic: bool = True, rngs: nnx.Rngs | None = None) -> DecoderOutput:
-    """Runs every layer; see `DecoderOutput`.
+               deterministic: bool = True, rngs: nnx.Rngs | None = None,
+               return_sampling: bool = False) -> DecoderOutput:
+    """Runs every layer; see `DecoderOutput` (`return_sampling` fills its sampling fields).
 
     Args:
       tgt, query_pos: `[B, Q, C]`.
@@ -284,20 +295,25 @@ class DeformableTransformerDecoder(nnx.Module):
     if bbox_embed is not None and len(bbox_embed) != len(self.layers):
       raise ValueError(f'decoder: {len(bbox_embed)} box heads for {len(self.layers)} layers.')
     output = tgt
-    hs, refs, boxes = [], [], []
+    hs, refs, boxes, sampling = [], [], [], []
     ref = reference_points.astype(jnp.float32)
-    call = _layer_caller(self.remat, spatial_shapes, deterministic)
+    call = _layer_caller(self.remat, spatial_shapes, deterministic,
+                         **({'return_sampling': True} if return_sampling else {}))
     for lid, layer in enumerate(self.layers):
       scale = ratios if ref.shape[-1] == 2 else jnp.concatenate([ratios, ratios], axis=-1)
       ref_input = ref[:, :, None] * scale[:, None]
       output = call(layer, output, query_pos, ref_input, memory, padding_mask, rngs)
+      if return_sampling:
+        output, layer_sampling = output
+        sampling.append(layer_sampling)
       hs.append(output)
       refs.append(_pad_reference(ref))
       if bbox_embed is not None:
         box = refine_boxes(bbox_embed[lid](output), ref)
         boxes.append(box)
         ref = jax.lax.stop_gradient(box)
-    return DecoderOutput(jnp.stack(hs), jnp.stack(refs), jnp.stack(boxes) if boxes else None)
+    stacked = [jnp.stack(x) for x in zip(*sampling)] if sampling else [None, None]
+    return DecoderOutput(jnp.stack(hs), jnp.stack(refs), jnp.stack(boxes) if boxes else None, *stacked)
 
 
 class TransformerOutput(NamedTuple):
@@ -307,6 +323,7 @@ class TransformerOutput(NamedTuple):
   memory: `[B, S, C]` encoder output.
   spatial_shapes: static `((H_l, W_l), ...)`.
   padding_mask: `[B, S]`, True on padding.
+  decoder: the full `DecoderOutput` (sampling locations and weights when asked).
   """
   hs: jax.Array
   references: jax.Array
@@ -314,6 +331,7 @@ class TransformerOutput(NamedTuple):
   memory: jax.Array
   spatial_shapes: SpatialShapes
   padding_mask: jax.Array
+  decoder: DecoderOutput
 
 
 class DeformableTransformer(nnx.Module):
@@ -340,7 +358,8 @@ class DeformableTransformer(nnx.Module):
 
   def __call__(self, srcs: Sequence[jax.Array], masks: Sequence[jax.Array], pos_embeds: Sequence[jax.Array],
                query_embed: jax.Array, bbox_embed: Sequence[Callable[[jax.Array], jax.Array]] | None = None, *,
-               deterministic: bool = True, rngs: nnx.Rngs | None = None) -> TransformerOutput:
+               deterministic: bool = True, rngs: nnx.Rngs | None = None,
+               return_sampling: bool = False) -> TransformerOutput:
     """Encodes the levels and decodes the queries.
 
     Args:
@@ -359,5 +378,5 @@ class DeformableTransformer(nnx.Module):
     tgt = jnp.broadcast_to(query_embed[None, :, c:], (b,) + query_embed[:, c:].shape)
     reference_points = jax.nn.sigmoid(self.reference_points(query_pos).astype(jnp.float32))
     dec = self.decoder(tgt, reference_points, memory, shapes, ratios, query_pos, mask, bbox_embed,
-                       deterministic=deterministic, rngs=rngs)
-    return TransformerOutput(dec.hs, dec.references, dec.boxes, memory, shapes, mask)
+                       deterministic=deterministic, rngs=rngs, return_sampling=return_sampling)
+    return TransformerOutput(dec.hs, dec.references, dec.boxes, memory, shapes, mask, dec)

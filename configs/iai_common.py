@@ -1,0 +1,66 @@
+"""Shared IAI settings (official zfonemore/IAI `configs/iai/ytvis2019_iai_condinst_r50.py`); the `iai_*.py`
+configs start from here.
+
+Fields beyond `configs/common.py`:
+  config.model.*   everything `visjax.models.iai.model.IAI` needs (`default_model_config`).
+  config.loss.*    loss weights and constants (`visjax.models.iai.criterion.LossSettings`).
+  config.tracker.* inference thresholds and the LSTT memory capacity (`visjax.models.iai.tracker.TrackerSettings`).
+
+Schedule: mmdet epochs of 5 clips per training video (YTVIS19: 2238 videos -> 11190 clips = 350 steps of 32
+clips), 12 epochs, lr x0.1 after epochs 8 and 11, linear warmup over 500 iterations from 1e-3; AdamW lr 1e-4,
+weight decay 1e-4, backbone lr x0.1 and decay x0.9; no gradient clipping; 8 GPUs x 4 clips.
+"""
+
+import ml_collections
+
+from configs import common
+from configs import input_recipes
+from visjax.models.iai import model as iai_model
+
+STEPS_PER_EPOCH_YTVIS19 = 350  # 5 * 2238 videos / 32 clips
+
+
+def iai_config(num_classes: int, max_obj_num: int = 20) -> ml_collections.ConfigDict:
+  """The official IAI R-50 YouTube-VIS 2019 recipe with `num_classes` classes (other datasets override)."""
+  c = common.base_config()
+  c.method = 'iai'
+  c.dataset.num_classes = num_classes
+
+  c.model = iai_model.default_model_config()
+  c.model.num_classes = num_classes
+  c.model.max_obj_num = max_obj_num
+  c.loss = iai_model.default_loss_config()
+  c.tracker = iai_model.default_tracker_config()
+
+  c.input.batch_size = 32
+  input_recipes.iai(c)  # 5 annotated frames with gaps of 1-3
+  c.input.max_instances = max_obj_num - 1  # ids 0..max_obj-2; channel max_obj-1 is "new"
+  c.input.min_size_train = (360,)  # mmdet Resize img_scale (640, 360), keep_ratio
+  c.input.max_size_train = 640
+  c.input.min_size_test = 360
+  c.input.max_size_test = 640
+  c.input.size_divisibility = 32
+
+  epoch = STEPS_PER_EPOCH_YTVIS19
+  c.train.num_steps = 12 * epoch
+  c.train.lr = 1e-4
+  c.train.backbone_lr_mult = 0.1
+  c.train.backbone_wd_mult = 0.9
+  c.train.weight_decay = 1e-4
+  c.train.lr_steps = (8 * epoch, 11 * epoch)
+  c.train.lr_gamma = 0.1
+  c.train.warmup_steps = 500
+  c.train.warmup_factor = 1e-3
+  c.train.clip_grad_norm = 0.0
+  c.train.checkpoint_every = epoch
+  c.init_from = ''  # official: condinst_r50.pth (mmdet CondInst; rules_iai.CONDINST_INIT_MISSING)
+  c.convert.allow_missing = ()
+  return c
+
+
+def multiscale(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The `_ms` / YTVIS21 / OVIS / R101 training sizes: mmdet img_scale [(649, 360), (960, 480)] in 'range' mode
+  (short side 360-480, long side up to 960), approximated by short-side choices."""
+  c.input.min_size_train = (360, 384, 408, 432, 456, 480)
+  c.input.max_size_train = 960
+  return c
