@@ -93,10 +93,22 @@ def _visolo_model(method):
   return test_visolo_method._random_model(method)  # pylint: disable=protected-access
 
 
+def _vita_config():
+  from tests import test_vita_method  # pylint: disable=g-import-not-at-top
+  return test_vita_method._tiny_config()  # pylint: disable=protected-access
+
+
+def _vita_batch(config):
+  del config
+  from tests import test_vita_method  # pylint: disable=g-import-not-at-top
+  return test_vita_method._batch()  # pylint: disable=protected-access
+
+
 CASES = {
     'idol': Case(_idol_config, _idol_batch, (64, 64)),
     'toy': Case(_toy_config, _toy_batch, (16, 16), _toy_state_dict),
     'visolo': Case(_visolo_config, _visolo_batch, (32, 48), model=_visolo_model),
+    'vita': Case(_vita_config, _vita_batch, (64, 96)),
 }
 
 
