@@ -109,6 +109,17 @@ def _iai_batch(config):
   return test_iai_method._clip_batch()  # pylint: disable=protected-access
 
 
+def _vita_config():
+  from tests import test_vita_method  # pylint: disable=g-import-not-at-top
+  return test_vita_method._tiny_config()  # pylint: disable=protected-access
+
+
+def _vita_batch(config):
+  del config
+  from tests import test_vita_method  # pylint: disable=g-import-not-at-top
+  return test_vita_method._batch()  # pylint: disable=protected-access
+
+
 CASES = {
     'idol': Case(_idol_config, _idol_batch, (64, 64)),
     'toy': Case(_toy_config, _toy_batch, (16, 16), _toy_state_dict),
@@ -117,6 +128,7 @@ CASES = {
     # `Scale`s get no regression gradient, and P6 / P7 are 1 x 1 maps that the head's GroupNorm reduces to constants.
     'iai': Case(_iai_config, _iai_batch, (64, 96),
                 no_gradient_at_this_size=(r"\['scales'\]\[[1-4]\]", r"\['fpn_convs'\]\[[34]\]")),
+    'vita': Case(_vita_config, _vita_batch, (64, 96)),
 }
 
 

@@ -1,0 +1,65 @@
+"""Shared VITA settings (official sukjunhwang/VITA `configs/youtubevis_2019/vita_R50_bs8.yaml` on top of
+`vita/config.py` and `mask2former/config.py`); the `vita_*.py` configs start from here.
+
+Fields beyond `configs/common.py`:
+  config.model.*   everything `visjax.models.vita.model.VITA` needs (`default_model_config`).
+  config.loss.*    set-criterion weights and point sampling (`default_loss_config`).
+  config.tracker.* offline inference: top-k per video and chunk sizes (`default_tracker_config`).
+
+Not reproduced here: the joint training on COCO pseudo-videos (DATASET_RATIO 1.0 : 0.75 in the yaml) and the
+COCO-pretrained starting weights (`vita_r50_coco.pth`, set `init_from`).
+"""
+
+import dataclasses
+
+import ml_collections
+
+from configs import common
+from configs import input_recipes
+from visjax.models.backbones import swin
+from visjax.models.vita import model as vita_model
+
+
+def vita_config(num_classes: int) -> ml_collections.ConfigDict:
+  """The official VITA R-50 YouTube-VIS 2019 recipe with `num_classes` classes (other datasets override)."""
+  c = common.base_config()
+  c.method = 'vita'
+  c.dataset.num_classes = num_classes
+
+  c.model = vita_model.default_model_config()
+  c.model.num_classes = num_classes
+  c.loss = vita_model.default_loss_config()
+  c.tracker = vita_model.default_tracker_config()
+
+  c.input.batch_size = 8  # IMS_PER_BATCH: clips
+  input_recipes.vita(c, clip_len=5, frame_range=20)  # SAMPLING_FRAME_NUM 5, SAMPLING_FRAME_RANGE 20
+  c.input.min_size_train = (288, 320, 352, 384, 416, 448, 480, 512)
+  c.input.max_size_train = 768
+  c.input.min_size_test = 360
+  c.input.max_size_test = 1333  # detectron2 default MAX_SIZE_TEST
+  c.input.size_divisibility = 32
+
+  c.train.num_steps = 140000  # MAX_ITER
+  c.train.lr = 5e-5
+  c.train.backbone_lr_mult = 0.1
+  c.train.weight_decay = 0.05
+  # Mask2Former's build_optimizer: no decay on norm layers, nn.Embedding weights and Swin's bias tables.
+  c.train.no_weight_decay = (r'norm\d*\.(scale|bias)$', r'\.embedding$', r'relative_position_bias_table$')
+  c.train.lr_steps = (75000,)
+  c.train.lr_gamma = 0.1
+  c.train.warmup_steps = 10
+  c.train.warmup_factor = 1.0
+  c.train.clip_grad_norm = 0.01  # CLIP_TYPE full_model, L2
+  c.train.checkpoint_every = 5000
+  c.init_from = ''  # official: vita_r50_coco.pth (the whole VITA pretrained on COCO pseudo-videos)
+  return c
+
+
+def use_swin_l(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Switches a VITA config to Swin-L (`vita_SWIN_bs8.yaml`): 200 frame queries, test short side 448."""
+  c.model.backbone = 'swin'
+  c.model.swin = ml_collections.ConfigDict(dataclasses.asdict(swin.SWIN_L))
+  c.model.num_frame_queries = 200
+  c.input.min_size_test = 448
+  c.init_from = ''  # official: vita_swin_coco.pth
+  return c

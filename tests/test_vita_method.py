@@ -1,0 +1,163 @@
+"""VITA on contract v2: registry and settings, the offline streaming predictor (records valid, independent of the
+chunking, equal to the host inference functions on the model's outputs), loss_fn under optax (slow)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from pycocotools import mask as mask_utils
+
+from configs import vita_tiny
+from visjax.evaluation import results as results_lib
+from visjax.inference import predictor as predictor_lib
+from visjax.models import registry
+from visjax.models.vita import inference
+from visjax.models.vita import method
+
+
+def _tiny_config():
+  c = vita_tiny.get_config()
+  c.dataset.category_ids = (3, 5, 7)
+  c.dataset.num_classes = 3
+  c.model.num_classes = 3
+  c.loss.train_num_points = 64
+  c.tracker.run_chunk_size = 4
+  c.tracker.interpolate_chunk_size = 3
+  return c
+
+
+def test_registry_settings_and_rules():
+  m = registry.get_method(_tiny_config())
+  assert isinstance(m, method.VITAMethod) and m.name == 'vita'
+  assert m.inference_settings.topk == 5 and m.loss_settings.sim_weight == 0.5
+  assert m.record_rule().kind == 'topk' and m.record_rule().k == 5
+  assert len(m.conversion_rules()) > 0
+  config = _tiny_config()
+  del config.loss['sim_weight']
+  with pytest.raises(ValueError, match=r"config.loss: missing field\(s\) \['sim_weight'\]"):
+    registry.get_method(config)
+  config = _tiny_config()
+  del config.model.vita['enc_window_size']
+  with pytest.raises(ValueError, match=r"config.model.vita: missing field\(s\) \['enc_window_size'\]"):
+    registry.get_method(config).build_model(nnx.Rngs(0))
+
+
+def test_official_configs_build_settings():
+  import importlib  # pylint: disable=g-import-not-at-top
+  for name in ('ytvis19', 'ytvis19_swinl', 'ytvis21', 'ytvis21_swinl', 'ovis', 'ovis_swinl'):
+    config = importlib.import_module(f'configs.vita_{name}').get_config()
+    m = registry.get_method(config)
+    assert m.inference_settings.topk == (20 if 'ovis' in name else 10)
+    assert config.model.num_frame_queries == (200 if 'swinl' in name else 100)
+    assert config.model.num_classes == (25 if 'ovis' in name else 40)
+
+
+@pytest.fixture(scope='module')
+def tiny():
+  m = registry.get_method(_tiny_config())
+  return m, m.build_model(nnx.Rngs(0))
+
+
+T, HP, WP, SIZE, ORIG = 7, 64, 96, (60, 90), (90, 135)
+
+
+def _frames():
+  rng = np.random.default_rng(0)
+  frames = np.zeros((T, HP, WP, 3), np.uint8)
+  frames[:, :SIZE[0], :SIZE[1]] = rng.integers(0, 255, size=(T,) + SIZE + (3,))
+  return frames
+
+
+def _tracks(m, model, chunks):
+  predictor = m.make_predictor(model, predictor_lib.VideoMeta(video_id=7, length=T, orig_size=ORIG))
+  frames, start = _frames(), 0
+  for n in chunks:
+    predictor.add_frames(frames[start:start + n], np.tile(SIZE, (n, 1)))
+    start += n
+  return predictor.finish()
+
+
+def test_predictor_records(tiny):
+  m, model = tiny
+  tracks = _tracks(m, model, [T])
+  records = m.records(tracks, 7)
+  assert len(records) == 5
+  gt = {'videos': [{'id': 7, 'length': T, 'height': ORIG[0], 'width': ORIG[1]}],
+        'categories': [{'id': i} for i in (3, 5, 7)]}
+  results_lib.validate_results(records, gt)
+  assert [r['score'] for r in records] == sorted((r['score'] for r in records), reverse=True)
+  for r in records:
+    assert len(r['segmentations']) == T and r['category_id'] in (3, 5, 7)
+    assert all(mask_utils.decode(seg).shape == ORIG for seg in r['segmentations'])
+
+  # The same as the host inference functions on the model's outputs (the predictor's jitted passes, cached).
+  graphdef, state = nnx.split(model)
+  frames = np.concatenate([_frames(), np.zeros((1, HP, WP, 3), np.uint8)])  # two run chunks of 4
+  parts = [method._jitted_frames(graphdef)(state, jnp.asarray(frames[i:i + 4]), jnp.tile(jnp.asarray(SIZE), (4, 1)))
+           for i in (0, 4)]
+  queries, features = (np.concatenate([p[k] for p in parts])[:T] for k in (0, 1))
+  logits, embed = method._jitted_video(graphdef)(state, jnp.asarray(queries))
+  det, masks = inference.video_inference(np.asarray(logits), np.asarray(embed), features, interim_size=(HP, WP),
+                                         image_size=SIZE, out_size=ORIG, topk=5, chunk_size=3)
+  by_track = {t.track_id: t for t in tracks}
+  for q, label, score, mask in zip(det.queries, det.labels, det.scores, masks):
+    track = by_track[int(q)]
+    assert abs(track.class_scores[label] - score) < 1e-5
+    decoded = np.stack([mask_utils.decode(seg) for seg in track.segmentations]).astype(bool)
+    assert np.mean(decoded != mask) < 1e-4
+
+  # Chunking the frames differently changes nothing.
+  for chunks in ([3, 4], [1] * T):
+    again = m.records(_tracks(m, model, chunks), 7)
+    assert [a['segmentations'] for a in again] == [r['segmentations'] for r in records]
+    np.testing.assert_allclose([a['score'] for a in again], [r['score'] for r in records], rtol=1e-5)
+  predictor = m.make_predictor(model, predictor_lib.VideoMeta(video_id=7, length=T, orig_size=ORIG))
+  predictor.add_frames(_frames()[:3], np.tile(SIZE, (3, 1)))
+  with pytest.raises(ValueError, match='3 of 7 frames'):
+    predictor.finish()
+
+
+def _batch(seed=0):
+  rng = np.random.default_rng(seed)
+  b, t, n = 1, 3, 2
+  image = rng.integers(0, 60, size=(b, t, HP, WP, 3), dtype=np.uint8)
+  masks = np.zeros((b, t, n, HP, WP), np.uint8)
+  for f in range(t):
+    masks[0, f, 0, 10:30, 10 + 5 * f:40 + 5 * f] = 1
+    if f:
+      masks[0, f, 1, 35:55, 50:80] = 1
+  colours = np.array([[230, 40, 40], [40, 40, 230]], np.uint8)
+  for i in range(n):
+    image[0][masks[0, :, i] > 0] = colours[i]
+  return dict(image=image, image_size=np.tile(SIZE, (b, t, 1)).astype(np.int32), masks=masks,
+              present=masks.any(axis=(-2, -1)), labels=np.array([[0, 2]], np.int32),
+              instance_valid=np.ones((b, n), bool), track_ids=np.array([[4, 9]], np.int32))
+
+
+@pytest.mark.slow
+def test_loss_fn_finite_and_decreases(tiny):
+  m, model = tiny
+  batch = jax.tree.map(jnp.asarray, _batch())
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  tx = optax.adam(1e-3)
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, opt_state, rng):
+    def loss(p):
+      return m.loss_fn(nnx.merge(graphdef, p, rest), batch, rng=rng, train=True)
+    (total, terms), grads = jax.value_and_grad(loss, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, total, terms
+
+  history = []
+  for i in range(6):
+    params, opt_state, total, terms = step(params, opt_state, jax.random.key(i))
+    assert np.isfinite(float(total)), terms
+    history.append(float(total))
+  assert {'loss_ce', 'loss_mask', 'loss_dice', 'loss_ce_0', 'loss_vita_ce', 'loss_vita_mask', 'loss_vita_dice',
+          'loss_vita_sim', 'loss_vita_ce_0'} <= set(terms)
+  np.testing.assert_allclose(float(total), sum(float(v) for v in terms.values()), rtol=1e-5)
+  assert history[-1] < 0.8 * history[0], history
