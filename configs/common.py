@@ -102,3 +102,24 @@ def use_synthetic(c: ml_collections.ConfigDict, root: str, **options) -> ml_coll
   c.dataset.eval_tfrecords = f'{root}/tfrecords_valid'
   c.dataset.synthetic = ml_collections.ConfigDict(options)
   return c
+
+
+def tiny_synthetic(c: ml_collections.ConfigDict, *, batch_size: int = 4) -> ml_collections.ConfigDict:
+  """The settings every `*_tiny` config shares: the 40-video synthetic set (96 x 160 frames) under
+  /tmp/visjax_synthetic, 96 x 160 inputs, 4 instance slots, and a 300-step schedule with few logs and evals."""
+  use_synthetic(c, '/tmp/visjax_synthetic', num_videos=40, seed=0, height=96, width=160)
+  c.input.batch_size = batch_size
+  c.input.max_instances = 4
+  c.input.min_size_train = (96,)
+  c.input.max_size_train = 160
+  c.input.min_size_test = 96
+  c.input.max_size_test = 160
+  c.input.size_buckets = ((96, 160),)
+  c.input.shuffle_buffer = 16
+  c.train.num_steps = 300
+  c.train.lr = 2e-4
+  c.train.lr_steps = (250,)
+  c.train.log_every = 10
+  c.train.checkpoint_every = 100
+  c.eval.max_videos = 4
+  return c

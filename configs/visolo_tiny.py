@@ -19,23 +19,9 @@ def get_config() -> ml_collections.ConfigDict:
   m.outdim = 64
   m.grid_num = (6, 10)
 
-  common.use_synthetic(c, '/tmp/visjax_synthetic', num_videos=40, seed=0, height=96, width=160)
-
-  c.input.batch_size = 4
-  c.input.max_instances = 4
-  c.input.min_size_train = (96,)
-  c.input.max_size_train = 160
+  common.tiny_synthetic(c)
   c.input.test_fixed_size = (96, 160)
-  c.input.size_buckets = ((96, 160),)
-  c.input.shuffle_buffer = 16
   c.input.augment.post_crop = (96, 160)
   c.input.augment.rotation = 0.0
-
-  c.train.num_steps = 300
-  c.train.lr = 2e-4
-  c.train.lr_steps = (250,)
   c.train.clip_grad_norm = 0.1
-  c.train.log_every = 10
-  c.train.checkpoint_every = 100
-  c.eval.max_videos = 4
   return c

@@ -4,6 +4,7 @@ a plain CondInst checkpoint loads with the identity/LSTT parts left at init and 
 
 import numpy as np
 import pytest
+from tests import convert_layout
 from flax import nnx
 
 from visjax import convert
@@ -41,22 +42,7 @@ def test_official_size_r50_layout():
   assert tuple(state['bbox_head.scales.0.scale'].shape) == ()
   m = iai_model.default_model_config()
   model = nnx.eval_shape(lambda: iai_model.IAI.from_config(m, rngs=nnx.Rngs(0)))
-  shapes = {convert.dotted(p): tuple(v.get_value().shape)
-            for p, v in nnx.to_flat_state(nnx.state(model, nnx.Not(nnx.RngState)))}
-  rules = rules_iai.iai_rules()
-  filled, dropped = [], []
-  for key, tensor in state.items():
-    found = rules.find(key)
-    assert found is not None, key
-    rule, match = found
-    if rule.target is None:
-      dropped.append(key)
-      continue
-    out = rule.transform(np.empty(tuple(tensor.shape), np.float32))
-    for path, arr in zip(rule.targets(match), out if isinstance(out, tuple) else (out,), strict=True):
-      assert shapes[path] == arr.shape, (key, path)
-      filled.append(path)
-  assert sorted(filled) == sorted(shapes) and len(set(filled)) == len(filled)
+  _, dropped = convert_layout.map_layout(rules_iai.iai_rules(), {k: v.shape for k, v in state.items()}, model)
   assert len(dropped) == 60
 
 

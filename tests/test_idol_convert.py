@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tests import convert_layout
 from flax import nnx
 
 from visjax import convert
@@ -229,25 +230,8 @@ def _official_layout(ref, config) -> tuple[dict[str, tuple[int, ...]], list[str]
   """Maps every key and shape of `ref`'s state (torch meta tensors are enough) onto the abstract model of
   `config`, checking that every model variable is filled exactly once. Returns the model's variable shapes and
   the dropped keys."""
-  model = _abstract_model(config)
-  shapes = {convert.dotted(p): tuple(v.get_value().shape)
-            for p, v in nnx.to_flat_state(nnx.state(model, nnx.Not(nnx.RngState)))}
-  rules = rules_idol.idol_rules(config)
-  filled, dropped = [], []
-  for key, tensor in ref.state_dict().items():
-    found = rules.find(key)
-    assert found is not None, key
-    rule, m = found
-    if rule.target is None:
-      dropped.append(key)
-      continue
-    outs = rule.transform(np.empty(tuple(tensor.shape), np.float32))
-    outs = outs if isinstance(outs, tuple) else (outs,)
-    for path, out in zip(rule.targets(m), outs, strict=True):
-      assert shapes[path] == out.shape, (key, path)
-      filled.append(path)
-  assert sorted(filled) == sorted(shapes)
-  return shapes, dropped
+  return convert_layout.map_layout(rules_idol.idol_rules(config),
+                                   {k: v.shape for k, v in ref.state_dict().items()}, _abstract_model(config))
 
 
 def test_official_size_swin_l_layout():

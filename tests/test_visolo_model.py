@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tests import convert_layout
 from flax import nnx
 
 from visjax import convert
@@ -222,23 +223,8 @@ def test_official_size_layout():
                                tuple(config.grid_num), config.num_classes, config.indim, config.outdim)
   state = ref.state_dict()
   assert len(state) == 357
-  model = _abstract_model(config)
-  shapes = {convert.dotted(p): tuple(v.get_value().shape)
-            for p, v in nnx.to_flat_state(nnx.state(model, nnx.Not(nnx.RngState)))}
-  rules = rules_visolo.visolo_rules(config)
-  filled, dropped = [], []
-  for key, tensor in state.items():
-    found = rules.find(key)
-    assert found is not None, key
-    rule, m = found
-    if rule.target is None:
-      dropped.append(key)
-      continue
-    out = rule.transform(np.empty(tuple(tensor.shape), np.float32))
-    (path,) = rule.targets(m)
-    assert shapes[path] == out.shape, (key, path)
-    filled.append(path)
-  assert sorted(filled) == sorted(shapes)
+  shapes, dropped = convert_layout.map_layout(rules_visolo.visolo_rules(config),
+                                              {k: v.shape for k, v in state.items()}, _abstract_model(config))
   assert len(dropped) == 24
   assert shapes['Kernel_branch.conv_layers.kernel_conv1.conv.kernel'] == (3, 3, 1026, 256)
   assert shapes['Tracking_branch.track_R_conv2.norm.scale'] == (128,)

@@ -4,6 +4,7 @@ strict failures. Forward parity through the same rules is in test_vita_model.py.
 
 import numpy as np
 import pytest
+from tests import convert_layout
 from flax import nnx
 
 from visjax import convert
@@ -31,30 +32,10 @@ def _official_ref(config, backbone, channels=(256, 512, 1024, 2048)):
   return vita_ref.Vita(backbone, mask2former_ref.MaskFormerHead(pix, pred), module)
 
 
-def _shapes(model):
-  return {convert.dotted(p): tuple(v.get_value().shape)
-          for p, v in nnx.to_flat_state(nnx.state(model, nnx.Not(nnx.RngState)))}
-
-
 def _check_layout(config, state_shapes):
   """Every torch key maps (by rule and transform) onto a variable of the right shape; every variable once."""
-  shapes = _shapes(nnx.eval_shape(lambda: vita_model.VITA(config, rngs=nnx.Rngs(0))))
-  rules = rules_vita.vita_rules(config)
-  filled, dropped = [], []
-  for key, shape in state_shapes.items():
-    found = rules.find(key)
-    assert found is not None, key
-    rule, m = found
-    if rule.target is None:
-      dropped.append(key)
-      continue
-    outs = rule.transform(np.empty(shape, np.float32))
-    outs = outs if isinstance(outs, tuple) else (outs,)
-    for path, out in zip(rule.targets(m), outs, strict=True):
-      assert shapes[path] == out.shape, (key, path, shapes[path], out.shape)
-      filled.append(path)
-  assert sorted(filled) == sorted(shapes)
-  return shapes, dropped
+  return convert_layout.map_layout(rules_vita.vita_rules(config), state_shapes,
+                                   nnx.eval_shape(lambda: vita_model.VITA(config, rngs=nnx.Rngs(0))))
 
 
 def _meta_state(config, backbone_fn):

@@ -13,6 +13,7 @@ import dataclasses
 from typing import Any, Sequence
 
 from flax import nnx
+import jax
 
 from visjax.models.backbones import resnet
 from visjax.models.backbones import swin
@@ -47,3 +48,10 @@ def build_backbone(c: Any, *, out_features: Sequence[str], dtype: Any,
     net = swin.SwinTransformer(size, out_features=out_features, dtype=dtype, rngs=rngs)
     return net, {f: net.num_features[swin.STAGE_NAMES.index(f)] for f in net.out_features}
   raise ValueError(f'config.model.backbone must be one of {KINDS}, got {kind!r}.')
+
+
+def apply_backbone(backbone: nnx.Module, x: jax.Array, *, train: bool) -> dict[str, jax.Array]:
+  """`backbone(x)` with its stochastic depth (Swin's drop path, construction-time rngs) on only when `train`."""
+  if any(isinstance(m, nnx.Dropout) for _, m in nnx.iter_modules(backbone)):
+    backbone = nnx.view(backbone, only=nnx.Dropout, deterministic=not train)
+  return backbone(x)

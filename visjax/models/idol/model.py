@@ -216,10 +216,7 @@ class IDOL(nnx.Module):
     if self.dtype is not None:
       x = x.astype(self.dtype)
 
-    backbone = self.backbone
-    if any(isinstance(m, nnx.Dropout) for _, m in nnx.iter_modules(backbone)):  # Swin drop path
-      backbone = nnx.view(backbone, only=nnx.Dropout, deterministic=not train)
-    feats = backbone(x)
+    feats = factory.apply_backbone(self.backbone, x, train=train)
     srcs, masks = self.input_proj([feats['res3'], feats['res4'], feats['res5']], pad_mask)
     pos = [sine_position_embedding(m, c.d_model // 2) for m in masks]
     out = self.transformer(srcs, masks, pos, self.query_embed.embedding[...], list(self.bbox_embed),

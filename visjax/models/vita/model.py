@@ -358,10 +358,7 @@ class VITA(nnx.Module):
                                        size_divisibility=c.size_divisibility)
     if self.dtype is not None:
       x = x.astype(self.dtype)
-    backbone = self.backbone
-    if any(isinstance(m, nnx.Dropout) for _, m in nnx.iter_modules(backbone)):  # Swin drop path
-      backbone = nnx.view(backbone, only=nnx.Dropout, deterministic=not train)
-    feats = backbone(x)
+    feats = factory.apply_backbone(self.backbone, x, train=train)
     feats = [feats[k].astype(jnp.float32) for k in ('res2', 'res3', 'res4', 'res5')]
     pix = self.sem_seg_head.pixel_decoder(feats)
     ms = [f.astype(self.dtype or jnp.float32) for f in pix['multi_scale_features']]
