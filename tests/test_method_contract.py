@@ -207,7 +207,7 @@ def test_predictor_is_chunking_invariant_and_records_follow_the_rule(setup):
 def test_conversion_rules_consume_the_official_layout(setup):
   name, case, config, method, model = setup
   if case.official_state_dict is None:
-    pytest.skip(f'{name}: its official layout is covered by its own conversion tests (tests/test_{name}_convert.py)')
+    pytest.skip(f'{name}: its official layout is covered by its own full-size conversion tests')
   from visjax import convert  # pylint: disable=g-import-not-at-top
   state_dict = case.official_state_dict(config, model)
   fresh = method.build_model(nnx.Rngs(1))
