@@ -20,6 +20,20 @@ from visjax.models.iai import model as iai_model
 STEPS_PER_EPOCH_YTVIS19 = 350  # 5 * 2238 videos / 32 clips
 
 
+def loss_config() -> ml_collections.ConfigDict:
+  """`config.loss` (`visjax.models.iai.criterion.LossSettings`): the official head losses, all weight 1."""
+  return ml_collections.ConfigDict(dict(
+      cls_weight=1., id_weight=1., bbox_weight=1., centerness_weight=1., mask_weight=1., focal_alpha=0.25,
+      focal_gamma=2., center_sample_radius=1.5, max_mask_points=128))
+
+
+def tracker_config() -> ml_collections.ConfigDict:
+  """`config.tracker` (`visjax.models.iai.tracker.TrackerSettings`): the official R-50 `test_cfg`."""
+  return ml_collections.ConfigDict(dict(
+      nms_pre=200, cls_score_thr=0.1, id_score_thr=0.1, nms_iou_thr=0.5, max_per_img=10, mask_keep_ratio=0.1,
+      video_score_thr=0.05, memory_capacity=64))
+
+
 def iai_config(num_classes: int, max_obj_num: int = 20) -> ml_collections.ConfigDict:
   """The official IAI R-50 YouTube-VIS 2019 recipe with `num_classes` classes (other datasets override)."""
   c = common.base_config()
@@ -29,8 +43,8 @@ def iai_config(num_classes: int, max_obj_num: int = 20) -> ml_collections.Config
   c.model = iai_model.default_model_config()
   c.model.num_classes = num_classes
   c.model.max_obj_num = max_obj_num
-  c.loss = iai_model.default_loss_config()
-  c.tracker = iai_model.default_tracker_config()
+  c.loss = loss_config()
+  c.tracker = tracker_config()
 
   c.input.batch_size = 32
   input_recipes.iai(c)  # 5 annotated frames with gaps of 1-3

@@ -3,8 +3,8 @@
 
 Fields beyond `configs/common.py`:
   config.model.*   everything `visjax.models.vita.model.VITA` needs (`default_model_config`).
-  config.loss.*    set-criterion weights and point sampling (`default_loss_config`).
-  config.tracker.* offline inference: top-k per video and chunk sizes (`default_tracker_config`).
+  config.loss.*    set-criterion weights and point sampling (`loss_config`).
+  config.tracker.* offline inference: top-k per video and chunk sizes (`tracker_config`).
 
 Not reproduced here: the joint training on COCO pseudo-videos (DATASET_RATIO 1.0 : 0.75 in the yaml) and the
 COCO-pretrained starting weights (`vita_r50_coco.pth`, set `init_from`).
@@ -20,6 +20,34 @@ from visjax.models.backbones import swin
 from visjax.models.vita import model as vita_model
 
 
+def loss_config() -> ml_collections.ConfigDict:
+  """Loss settings `config.loss` (MASK_FORMER.* and VITA.* of the same yaml / config defaults; fields of
+  `criterion.LossSettings`)."""
+  l = ml_collections.ConfigDict()
+  l.class_weight = 2.0
+  l.mask_weight = 5.0
+  l.dice_weight = 5.0
+  l.no_object_weight = 0.1  # MASK_FORMER.NO_OBJECT_WEIGHT
+  l.vita_no_object_weight = 0.1  # VITA.NO_OBJECT_WEIGHT
+  l.sim_weight = 0.5  # VITA.SIM_WEIGHT
+  l.deep_supervision = True
+  l.vita_deep_supervision = True
+  l.train_num_points = 12544
+  l.oversample_ratio = 3.0
+  l.importance_sample_ratio = 0.75
+  return l
+
+
+def tracker_config() -> ml_collections.ConfigDict:
+  """Inference settings `config.tracker` (fields of `inference.InferenceSettings`): TEST.DETECTIONS_PER_IMAGE
+  (10 YouTube-VIS, 20 OVIS) and the VITA chunk sizes."""
+  t = ml_collections.ConfigDict()
+  t.topk = 10
+  t.run_chunk_size = 18  # VITA.TEST_RUN_CHUNK_SIZE: frames per backbone / frame-decoder pass
+  t.interpolate_chunk_size = 5  # VITA.TEST_INTERPOLATE_CHUNK_SIZE: frames per mask upsampling pass
+  return t
+
+
 def vita_config(num_classes: int) -> ml_collections.ConfigDict:
   """The official VITA R-50 YouTube-VIS 2019 recipe with `num_classes` classes (other datasets override)."""
   c = common.base_config()
@@ -28,8 +56,8 @@ def vita_config(num_classes: int) -> ml_collections.ConfigDict:
 
   c.model = vita_model.default_model_config()
   c.model.num_classes = num_classes
-  c.loss = vita_model.default_loss_config()
-  c.tracker = vita_model.default_tracker_config()
+  c.loss = loss_config()
+  c.tracker = tracker_config()
 
   c.input.batch_size = 8  # IMS_PER_BATCH: clips
   input_recipes.vita(c, clip_len=5, frame_range=20)  # SAMPLING_FRAME_NUM 5, SAMPLING_FRAME_RANGE 20

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import vita_common
 from visjax.models.heads import point_sampling
 from visjax.models.vita import criterion as vita_criterion
 
@@ -44,8 +45,7 @@ def _outputs(rng):
 
 
 def _settings():
-  from visjax.models.vita import model as vita_model  # pylint: disable=g-import-not-at-top
-  return vita_criterion.LossSettings(**dict(vita_model.default_loss_config().to_dict(), train_num_points=POINTS))
+  return vita_criterion.LossSettings(**dict(vita_common.loss_config().to_dict(), train_num_points=POINTS))
 
 
 def _draws(rng):
@@ -101,8 +101,7 @@ def test_vita_loss_jits_with_gradients_and_padded_instances():
 
 
 def test_settings_from_config():
-  from visjax.models.vita import model as vita_model  # pylint: disable=g-import-not-at-top
-  config = vita_model.default_loss_config()
+  config = vita_common.loss_config()
   s = vita_criterion.loss_settings(config)
   assert s.train_num_points == 12544 and s.class_weight == 2.0 and s.sim_weight == 0.5
   del config['dice_weight']

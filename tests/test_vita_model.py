@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from configs import vita_common
 from flax import nnx
 
 from visjax import convert
@@ -211,7 +212,7 @@ def test_training_step_gradients(model_pair):
   masks[0, 1:, 1, 40:50, 5:25] = 1
   batch = dict(image=images, image_size=sizes, masks=masks, present=masks.any(axis=(-2, -1)),
                labels=np.asarray([[1, 4]], np.int32), instance_valid=np.ones((b, n), bool))
-  settings = vita_criterion.loss_settings(vita_model.default_loss_config())
+  settings = vita_criterion.loss_settings(vita_common.loss_config())
   settings = dataclasses.replace(settings, train_num_points=64)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 

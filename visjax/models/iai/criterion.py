@@ -166,7 +166,7 @@ def clip_targets(batch: dict[str, jax.Array], max_obj_num: int, size_divisibilit
 
 @dataclasses.dataclass(frozen=True)
 class LossSettings:
-  """`config.loss` (defaults in `visjax.models.iai.model.default_loss_config`)."""
+  """`config.loss` (official values: `configs/iai_common.py:loss_config`)."""
 
   cls_weight: float
   id_weight: float

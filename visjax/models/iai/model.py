@@ -62,20 +62,6 @@ def default_model_config() -> ml_collections.ConfigDict:
   return m
 
 
-def default_loss_config() -> ml_collections.ConfigDict:
-  """`config.loss` (`visjax.models.iai.criterion.LossSettings`): the official head losses, all weight 1."""
-  return ml_collections.ConfigDict(dict(
-      cls_weight=1., id_weight=1., bbox_weight=1., centerness_weight=1., mask_weight=1., focal_alpha=0.25,
-      focal_gamma=2., center_sample_radius=1.5, max_mask_points=128))
-
-
-def default_tracker_config() -> ml_collections.ConfigDict:
-  """`config.tracker` (`visjax.models.iai.tracker.TrackerSettings`): the official R-50 `test_cfg`."""
-  return ml_collections.ConfigDict(dict(
-      nms_pre=200, cls_score_thr=0.1, id_score_thr=0.1, nms_iou_thr=0.5, max_per_img=10, mask_keep_ratio=0.1,
-      video_score_thr=0.05, memory_capacity=64))
-
-
 class IAI(nnx.Module):
   """The IAI detector (module docstring). Built from plain values; `IAI.from_config(config.model)`."""
 

@@ -42,7 +42,7 @@ from visjax.models.layers import resize
 
 @dataclasses.dataclass(frozen=True)
 class TrackerSettings:
-  """`config.tracker` (official `test_cfg`; defaults in `visjax.models.iai.model.default_tracker_config`)."""
+  """`config.tracker` (official `test_cfg`; official values: `configs/iai_common.py:tracker_config`)."""
 
   nms_pre: int  # candidates per level by cls x centerness (R101: 1000)
   cls_score_thr: float  # R101: 0.05

@@ -33,7 +33,7 @@ from visjax.models.layers import preprocess
 
 @dataclasses.dataclass(frozen=True)
 class LossSettings:
-  """The fields of `config.loss` (official values: `vita.model.default_loss_config`).
+  """The fields of `config.loss` (official values: `configs/vita_common.py:loss_config`).
 
   The class count comes from the logits and the number of frame-decoder layers fed to VITA from the outputs.
   """

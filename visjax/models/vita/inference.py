@@ -26,7 +26,7 @@ from visjax.models.layers.resize import bilinear_matrix, resize_bilinear
 
 @dataclasses.dataclass(frozen=True)
 class InferenceSettings:
-  """The fields of `config.tracker` (official values: `vita.model.default_tracker_config`)."""
+  """The fields of `config.tracker` (official values: `configs/vita_common.py:tracker_config`)."""
   topk: int
   run_chunk_size: int
   interpolate_chunk_size: int

@@ -80,34 +80,6 @@ def default_model_config() -> ml_collections.ConfigDict:
   return m
 
 
-def default_loss_config() -> ml_collections.ConfigDict:
-  """Loss settings `config.loss` (MASK_FORMER.* and VITA.* of the same yaml / config defaults; fields of
-  `criterion.LossSettings`)."""
-  l = ml_collections.ConfigDict()
-  l.class_weight = 2.0
-  l.mask_weight = 5.0
-  l.dice_weight = 5.0
-  l.no_object_weight = 0.1  # MASK_FORMER.NO_OBJECT_WEIGHT
-  l.vita_no_object_weight = 0.1  # VITA.NO_OBJECT_WEIGHT
-  l.sim_weight = 0.5  # VITA.SIM_WEIGHT
-  l.deep_supervision = True
-  l.vita_deep_supervision = True
-  l.train_num_points = 12544
-  l.oversample_ratio = 3.0
-  l.importance_sample_ratio = 0.75
-  return l
-
-
-def default_tracker_config() -> ml_collections.ConfigDict:
-  """Inference settings `config.tracker` (fields of `inference.InferenceSettings`): TEST.DETECTIONS_PER_IMAGE
-  (10 YouTube-VIS, 20 OVIS) and the VITA chunk sizes."""
-  t = ml_collections.ConfigDict()
-  t.topk = 10
-  t.run_chunk_size = 18  # VITA.TEST_RUN_CHUNK_SIZE: frames per backbone / frame-decoder pass
-  t.interpolate_chunk_size = 5  # VITA.TEST_INTERPOLATE_CHUNK_SIZE: frames per mask upsampling pass
-  return t
-
-
 @dataclasses.dataclass(frozen=True)
 class VITAModuleSettings:
   """The fields of `config.model.vita` (see `default_model_config`)."""
