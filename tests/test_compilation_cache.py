@@ -30,7 +30,8 @@ def test_cache_folder_from_environment(tmp_path, monkeypatch):
 
 def test_second_run_compiles_nothing_new(tmp_path):
   cache = tmp_path / 'cache'
-  env = {main.CACHE_ENV: str(cache)}
+  # JAX's own variable (set by `make test` for the whole run) would take precedence over visjax's.
+  env = {main.CACHE_ENV: str(cache), 'JAX_COMPILATION_CACHE_DIR': ''}
   first = train_toy.run_main(str(tmp_path / 'a'), '--config.train.num_steps=2', env=env)
   assert first.returncode == 0, first.stderr[-3000:]
   entries = sorted(os.listdir(cache))
