@@ -4,7 +4,6 @@ predictor's tracks and records, the oracle path."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 from pycocotools import mask as mask_utils
@@ -16,6 +15,7 @@ from visjax.models import registry
 from visjax.models.idol import method
 
 from tests.idol_fixtures import synthetic_batch
+from tests import method_testing
 
 
 def _tiny_config():
@@ -82,27 +82,10 @@ def tiny_model(idol):
 def test_loss_fn_finite_and_decreases(idol, tiny_model):
   model = tiny_model
   batch = jax.tree.map(jnp.asarray, _painted_batch())
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  tx = optax.adam(1e-3)
-  opt_state = tx.init(params)
-
-  @jax.jit
-  def step(params, opt_state, rng):
-    def loss(p):
-      total, terms = idol.loss_fn(nnx.merge(graphdef, p, rest), batch, rng=rng, train=True)
-      return total, terms
-    (total, terms), grads = jax.value_and_grad(loss, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, total, terms
-
-  history = []
-  for i in range(6):
-    params, opt_state, total, terms = step(params, opt_state, jax.random.key(i))
-    assert np.isfinite(float(total)), terms
-    history.append(float(total))
+  history, terms = method_testing.adam_losses(idol, model, batch)
   assert {'loss_ce', 'loss_bbox', 'loss_giou', 'loss_mask', 'loss_dice', 'loss_reid', 'loss_reid_aux',
           'loss_ce_0', 'loss_dice_0'} <= set(terms)
-  np.testing.assert_allclose(float(total), sum(float(v) for v in terms.values()), rtol=1e-5)
+  np.testing.assert_allclose(history[-1], sum(float(v) for v in terms.values()), rtol=1e-5)
   assert history[-1] < 0.8 * history[0], history
 
 

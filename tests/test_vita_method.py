@@ -4,7 +4,6 @@ chunking, equal to the host inference functions on the model's outputs), loss_fn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 from pycocotools import mask as mask_utils
@@ -15,6 +14,7 @@ from visjax.inference import predictor as predictor_lib
 from visjax.models import registry
 from visjax.models.vita import inference
 from visjax.models.vita import method
+from tests import method_testing
 
 
 def _tiny_config():
@@ -140,24 +140,8 @@ def _batch(seed=0):
 def test_loss_fn_finite_and_decreases(tiny):
   m, model = tiny
   batch = jax.tree.map(jnp.asarray, _batch())
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  tx = optax.adam(1e-3)
-  opt_state = tx.init(params)
-
-  @jax.jit
-  def step(params, opt_state, rng):
-    def loss(p):
-      return m.loss_fn(nnx.merge(graphdef, p, rest), batch, rng=rng, train=True)
-    (total, terms), grads = jax.value_and_grad(loss, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, total, terms
-
-  history = []
-  for i in range(6):
-    params, opt_state, total, terms = step(params, opt_state, jax.random.key(i))
-    assert np.isfinite(float(total)), terms
-    history.append(float(total))
+  history, terms = method_testing.adam_losses(m, model, batch)
   assert {'loss_ce', 'loss_mask', 'loss_dice', 'loss_ce_0', 'loss_vita_ce', 'loss_vita_mask', 'loss_vita_dice',
           'loss_vita_sim', 'loss_vita_ce_0'} <= set(terms)
-  np.testing.assert_allclose(float(total), sum(float(v) for v in terms.values()), rtol=1e-5)
+  np.testing.assert_allclose(history[-1], sum(float(v) for v in terms.values()), rtol=1e-5)
   assert history[-1] < 0.8 * history[0], history
