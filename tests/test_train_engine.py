@@ -282,3 +282,28 @@ def test_bfloat16_compute_keeps_float32_params(straight_run):
   assert all(x.dtype == np.float32 for x in jax.tree.leaves(state['opt_state'][1].mu))
   assert float(metrics['loss']) == pytest.approx(straight_run[1][0]['loss'], rel=2e-2)
   assert float(metrics['loss']) != straight_run[1][0]['loss']
+
+
+def test_init_from_training_run_with_reinit(straight_run):
+  """A checkpoint chain with a new category set: parameters come from a training run, the class head (another
+  shape) is re-initialised by `config.init_reinit`, and the report says so; without the regex it is an error that
+  names the variable."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from visjax.models import registry  # pylint: disable=g-import-not-at-top
+  from visjax.train import init_from  # pylint: disable=g-import-not-at-top
+  workdir, _ = straight_run
+  config = _config()
+  config.dataset.num_classes = 6
+  config.dataset.category_ids = tuple(range(1, 7))
+  model = registry.get_method(config).build_model(nnx.Rngs(5))
+  head_before = np.asarray(model.head.kernel[...]).copy()
+  with pytest.raises(ValueError, match=r'head\.kernel: model \(1, 1, 8, 7\), checkpoint \(1, 1, 8, 5\)'):
+    init_from.load_state(model, workdir)
+  report = init_from.load_state(model, workdir, reinit=(r'^head\.',))
+  assert sorted(report.reinitialised) == ['head.bias', 'head.kernel']
+  assert 'backbone.kernel' in report.loaded and not report.left_at_init
+  np.testing.assert_array_equal(np.asarray(model.head.kernel[...]), head_before)
+  trained = init_from.read_source(workdir)  # the latest step of the run
+  np.testing.assert_array_equal(np.asarray(model.backbone.kernel[...]), trained['backbone.kernel'])
+  assert not np.array_equal(trained['backbone.kernel'], np.asarray(
+      registry.get_method(config).build_model(nnx.Rngs(5)).backbone.kernel[...]))
