@@ -82,6 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.predict.score_threshold = 0.3
   c.predict.fps = 6.0
   c.predict.after_eval = False  # train_and_eval: also predict on predict.input (default: first eval video)
+  c.predict.ground_truth = ''  # YTVIS json holding the input video: the overlay shows ground truth | prediction
 
   c.convert = ml_collections.ConfigDict()  # regexes waiving strict-conversion errors (see visjax.convert)
   c.convert.allow_missing = ()

@@ -307,3 +307,38 @@ def test_init_from_training_run_with_reinit(straight_run):
   np.testing.assert_array_equal(np.asarray(model.backbone.kernel[...]), trained['backbone.kernel'])
   assert not np.array_equal(trained['backbone.kernel'], np.asarray(
       registry.get_method(config).build_model(nnx.Rngs(5)).backbone.kernel[...]))
+
+
+def test_predict_with_ground_truth_draws_it_beside_the_prediction(straight_run, synthetic_paths, tmp_path):
+  """`config.predict.ground_truth` (the demo sets it to the validation json): the overlay is ground truth |
+  prediction, the ground-truth half showing the annotated tracks of that video."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from data_pipeline import ytvis_json  # pylint: disable=g-import-not-at-top
+  from visjax import predict  # pylint: disable=g-import-not-at-top
+  workdir, _ = straight_run
+  dataset = ytvis_json.load(synthetic_paths['train'])
+  video = next(v for v in dataset.videos if dataset.tracks_of(v.id))
+  folder = os.path.join(synthetic_paths['images'], video.name)
+  masks, labels = predict.ground_truth_tracks(synthetic_paths['train'], folder)
+  assert len(masks) == len(dataset.tracks_of(video.id)) and masks[0].shape == (video.length, video.height,
+                                                                                 video.width)
+  assert all(m.any() for m in masks) and labels[0].startswith('1 ')
+  config = _config()
+  config.predict.input = folder
+  config.predict.output = str(tmp_path / 'overlay.gif')
+  config.predict.ground_truth = synthetic_paths['train']
+  config.input.min_size_test = 16
+  config.input.max_size_test = 32
+  plain = Image.open(predict.predict(_config_with(config, ground_truth=''), workdir)['overlay'])
+  both = Image.open(predict.predict(config, workdir)['overlay'])
+  assert both.n_frames == plain.n_frames == video.length
+  assert both.size[0] > 2 * plain.size[0] - 1 and both.size[1] > plain.size[1]  # two panels under a title row
+  config.predict.ground_truth = str(tmp_path / 'absent.json')
+  with pytest.raises(FileNotFoundError, match='ground_truth'):
+    predict.predict(config, workdir)
+
+
+def _config_with(config, **predict_fields):
+  c = config.copy_and_resolve_references()
+  c.predict.update(predict_fields)
+  return c

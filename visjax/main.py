@@ -141,6 +141,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str) -> dict:
     from visjax import predict  # pylint: disable=g-import-not-at-top
     if not config.predict.input:
       config.predict.input = prepare.first_video_dir(config)
+      if not config.predict.get('ground_truth', ''):
+        config.predict.ground_truth = config.dataset.valid_json  # the demo: ground truth | prediction
     out['predict'] = predict.predict(config, workdir)
   return out
 

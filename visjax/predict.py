@@ -6,7 +6,8 @@ capped by `max_size_test`, or `test_fixed_size`; zero padding to `size_divisibil
 (`config.predict.output`, relative to WORKDIR, default overlay.mp4; .gif / .mp4 / a directory for PNG frames) with
 one colour and one label per track (its best class), and WORKDIR/tracks_<input name>.json: per track its id,
 class scores, best category, score and per-frame RLE (`None` where absent). Tracks whose best score is below
-`config.predict.score_threshold` are dropped.
+`config.predict.score_threshold` are dropped. With `config.predict.ground_truth` (a YTVIS json that has the input
+folder as one of its videos, e.g. the demo's validation json) the overlay shows ground truth | prediction.
 """
 
 from __future__ import annotations
@@ -117,6 +118,21 @@ def predict_tracks(config: ml_collections.ConfigDict, method: registry.Method, m
   return predictor.finish(), orig_size, length
 
 
+def ground_truth_tracks(gt_json: str, video_dir: str) -> tuple[list[np.ndarray], list[str]]:
+  """bool `[T, H, W]` masks and labels of the annotated tracks of the video whose folder is `video_dir`."""
+  from data_pipeline import ytvis_json  # pylint: disable=g-import-not-at-top
+  dataset = ytvis_json.load(gt_json)
+  name = os.path.basename(os.path.normpath(video_dir))
+  video = next((v for v in dataset.videos if v.name.split('/')[-1] == name), None)
+  if video is None:
+    raise ValueError(f'config.predict.ground_truth={gt_json!r} has no video in a folder named {name!r}.')
+  table = dataset.category_table
+  tracks = dataset.tracks_of(video.id)
+  masks = [ytvis_json.decode_track_masks(t).astype(bool) for t in tracks]
+  labels = [f'{i} {table.names[table.to_index(t.category_id)]}' for i, t in enumerate(tracks, start=1)]
+  return masks, labels
+
+
 def _decode(seg: dict | None, size: tuple[int, int]) -> np.ndarray:
   return mask_utils.decode(seg).astype(bool) if seg else np.zeros(size, bool)
 
@@ -129,6 +145,9 @@ def predict(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
   check_input(path)
   out = os.path.join(workdir, config.predict.output or 'overlay.mp4')  # relative paths land in workdir
   check_output(out)
+  gt_json = config.predict.get('ground_truth', '')
+  if gt_json and not os.path.isfile(gt_json):
+    raise FileNotFoundError(f'config.predict.ground_truth={gt_json!r} does not exist.')
   source = restore.describe_weights(config, workdir)  # raises before any heavy work
   evaluate.fill_categories(config)
   logging.info('Predicting %s with %s', path, source)
@@ -148,8 +167,12 @@ def predict(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
   frames = read_video(path)
   masks = [np.stack([_decode(s, (h, w)) for s in t.segmentations]) for t in kept]
   labels = [f'{r["track_id"]} {r["category_name"] or r["category_id"]} {r["score"]:.2f}' for r in rows]
+  overlay = visualize.overlay_video(frames, masks, labels)
+  if gt_json:
+    gt_masks, gt_labels = ground_truth_tracks(gt_json, path)
+    overlay = visualize.side_by_side(visualize.overlay_video(frames, gt_masks, gt_labels), overlay)
   os.makedirs(workdir, exist_ok=True)
-  visualize.write_video(visualize.overlay_video(frames, masks, labels), out, fps=config.predict.get('fps', 6.0))
+  visualize.write_video(overlay, out, fps=config.predict.get('fps', 6.0))
   stem = os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
   tracks_path = os.path.join(workdir, f'tracks_{stem}.json')
   io_utils.write_json(tracks_path, {'input': path, 'num_frames': int(len(frames)), 'height': int(h), 'width': int(w),
