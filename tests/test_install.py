@@ -52,3 +52,17 @@ def test_core_requirements_exclude_the_extras():
     assert heavy not in core, f'{heavy} must stay an extra, not a core requirement'
   extras = cfg['options.extras_require']
   assert 'tensorflow' in extras['data'] and 'torch' in extras['torch']
+
+
+def test_data_pipeline_names_no_method():
+  """Input is method-neutral (docs/INTERFACES.md §1): samplers and augmentations are config data, so no file
+  under data_pipeline/ mentions a method, in code or prose."""
+  import re  # pylint: disable=g-import-not-at-top
+  root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'data_pipeline')
+  pattern = re.compile(r'\b(idol|vita|visolo|iai)\b', re.IGNORECASE)
+  hits = []
+  for name in sorted(os.listdir(root)):
+    if name.endswith('.py'):
+      with open(os.path.join(root, name)) as f:
+        hits += [f'{name}:{i}: {line.strip()}' for i, line in enumerate(f, 1) if pattern.search(line)]
+  assert not hits, hits
