@@ -80,6 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.predict.input = ''
   c.predict.output = ''
   c.predict.score_threshold = 0.3
+  c.predict.max_tracks = 20  # tracks drawn in the overlay (best first); tracks.json keeps every track
   c.predict.fps = 6.0
   c.predict.after_eval = False  # train_and_eval: also predict on predict.input (default: first eval video)
   c.predict.ground_truth = ''  # YTVIS json holding the input video: the overlay shows ground truth | prediction

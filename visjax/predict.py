@@ -6,8 +6,9 @@ capped by `max_size_test`, or `test_fixed_size`; zero padding to `size_divisibil
 (`config.predict.output`, relative to WORKDIR, default overlay.mp4; .gif / .mp4 / a directory for PNG frames) with
 one colour and one label per track (its best class), and WORKDIR/tracks_<input name>.json: per track its id,
 class scores, best category, score and per-frame RLE (`None` where absent). Tracks whose best score is below
-`config.predict.score_threshold` are dropped. With `config.predict.ground_truth` (a YTVIS json that has the input
-folder as one of its videos, e.g. the demo's validation json) the overlay shows ground truth | prediction.
+`config.predict.score_threshold` are dropped; the overlay draws the best `config.predict.max_tracks` of them.
+With `config.predict.ground_truth` (a YTVIS json that has the input folder as one of its videos, e.g. the demo's
+validation json) the overlay shows ground truth | prediction.
 """
 
 from __future__ import annotations
@@ -158,6 +159,8 @@ def predict(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
   names = dict(zip(config.dataset.category_ids, config.dataset.get('category_names', ())))
   best = lambda t: float(np.max(t.class_scores))
   kept = sorted((t for t in tracks if best(t) >= config.predict.score_threshold), key=lambda t: -best(t))
+  # The overlay decodes [T, H, W] per drawn track: draw the best `max_tracks` (tracks.json keeps every kept track).
+  drawn = kept[:int(config.predict.max_tracks)]
   rows = []
   for t in kept:
     category = int(table[int(np.argmax(t.class_scores))])
@@ -165,8 +168,9 @@ def predict(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
                  'score': best(t), 'class_scores': [float(x) for x in t.class_scores],
                  'frame_scores': t.frame_scores, 'segmentations': t.segmentations})
   frames = read_video(path)
-  masks = [np.stack([_decode(s, (h, w)) for s in t.segmentations]) for t in kept]
-  labels = [f'{r["track_id"]} {r["category_name"] or r["category_id"]} {r["score"]:.2f}' for r in rows]
+  masks = [np.stack([_decode(s, (h, w)) for s in t.segmentations]) for t in drawn]
+  labels = [f'{r["track_id"]} {r["category_name"] or r["category_id"]} {r["score"]:.2f}'
+            for r in rows[:len(drawn)]]
   overlay = visualize.overlay_video(frames, masks, labels)
   if gt_json:
     gt_masks, gt_labels = ground_truth_tracks(gt_json, path)
