@@ -342,3 +342,33 @@ def _config_with(config, **predict_fields):
   c = config.copy_and_resolve_references()
   c.predict.update(predict_fields)
   return c
+
+
+def test_category_ids_filled_from_the_manifest_and_checked(synthetic_paths, tmp_path):
+  """Eval / predict fill an empty `config.dataset.category_ids` from the converted split's manifest (json ids, not
+  1..K) and refuse a table that does not match the ground truth json."""
+  import json  # pylint: disable=g-import-not-at-top
+  from data_pipeline import convert  # pylint: disable=g-import-not-at-top
+  with open(synthetic_paths['train']) as f:
+    content = json.load(f)
+  for cat in content['categories']:  # COCO-like ids: not 1..K
+    cat['id'] += 100
+  for ann in content['annotations']:
+    ann['category_id'] += 100
+  gt = str(tmp_path / 'train.json')
+  with open(gt, 'w') as f:
+    json.dump(content, f)
+  out = str(tmp_path / 'tfr')
+  convert.convert(fmt='ytvis', json_path=gt, images_dir=synthetic_paths['images'], out_dir=out, num_shards=1,
+                  workers=1, progress=False)
+  config = _config()
+  config.dataset.category_ids = ()
+  config.dataset.eval_tfrecords = out
+  config.dataset.valid_json = gt
+  evaluate.fill_categories(config)
+  want = tuple(sorted(c['id'] for c in content['categories']))
+  assert tuple(config.dataset.category_ids) == want and min(want) > 100
+  assert len(config.dataset.category_names) == len(want)
+  config.dataset.category_ids = tuple(range(1, len(want) + 1))
+  with pytest.raises(ValueError, match='do not match|not categories of'):
+    evaluate.fill_categories(config)
