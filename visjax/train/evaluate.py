@@ -34,9 +34,10 @@ METRICS_JSON = 'metrics.json'
 _PARTS = 'eval_parts'
 
 
-def fill_categories(config: ml_collections.ConfigDict) -> None:
+def fill_categories(config: ml_collections.ConfigDict, gt_json: dict | None = None) -> None:
   """Fills `config.dataset.category_ids` / `category_names` from the converted eval (or train) split's manifest
-  when they are empty, and checks them against the ground truth json (`config.dataset.valid_json`) if given."""
+  when they are empty, and checks them against the ground truth json (`gt_json` when the caller has it loaded,
+  else the file `config.dataset.valid_json` if it exists)."""
   root = config.dataset.get('eval_tfrecords', '') or config.dataset.get('tfrecords', '')
   root = root.split(',')[0].strip() if isinstance(root, str) else ''
   if not config.dataset.get('category_ids', ()) and root and os.path.isfile(os.path.join(root, 'manifest.json')):
@@ -46,9 +47,10 @@ def fill_categories(config: ml_collections.ConfigDict) -> None:
     config.dataset.category_names = tuple(str(c.get('name', '')) for c in categories)
   ids = tuple(int(i) for i in config.dataset.get('category_ids', ()))
   gt_path = config.dataset.get('valid_json', '')
-  if ids and gt_path and os.path.isfile(gt_path):
-    with open(gt_path) as f:
-      gt_ids = {int(c['id']) for c in json.load(f).get('categories', [])}
+  if gt_json is None and gt_path and os.path.isfile(gt_path):
+    gt_json = results_lib.load_json(gt_path)
+  if ids and gt_json is not None:
+    gt_ids = {int(c['id']) for c in gt_json.get('categories', [])}
     if gt_ids and not set(ids) <= gt_ids:
       raise ValueError(f'config.dataset.category_ids {sorted(set(ids) - gt_ids)[:10]} are not categories of '
                        f'{gt_path}: the model\'s category table does not match the ground truth.')
@@ -99,14 +101,14 @@ def _gather(workdir: str, records: list[dict], video_ids: list[int]) -> tuple[li
   return all_records, all_ids
 
 
-def _load_gt(config: ml_collections.ConfigDict) -> dict | None:
+def _load_gt_json(config: ml_collections.ConfigDict) -> dict | None:
+  """The ground truth json `config.dataset.valid_json` (None when unset)."""
   path = config.dataset.get('valid_json', '')
   if not path:
     return None
   if not os.path.exists(path):
     raise FileNotFoundError(f'config.dataset.valid_json={path!r} does not exist.')
-  gt = results_lib.load_json(path)
-  return gt if gt.get('annotations') else None
+  return results_lib.load_json(path)
 
 
 def _restrict_gt(gt: dict, video_ids: list[int]) -> dict:
@@ -117,8 +119,9 @@ def _restrict_gt(gt: dict, video_ids: list[int]) -> dict:
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, model: nnx.Module | None = None) -> dict[str, Any]:
   """Runs eval; returns the metrics dict ({} when the eval split has no ground truth)."""
-  gt = _load_gt(config)  # a bad valid_json fails before any video is predicted
-  fill_categories(config)
+  gt_json = _load_gt_json(config)  # a bad valid_json fails before any video is predicted
+  fill_categories(config, gt_json)
+  gt = gt_json if gt_json is not None and gt_json.get('annotations') else None
   if model is None:
     model = restore.load_model(config, workdir)
   records, video_ids = _gather(workdir, *predict_split(config, model))
