@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 
 from data_pipeline import tfrecord
+from visjax.models import settings
 
 KINDS = ('reference', 'annotated_gaps')
 
@@ -120,13 +121,6 @@ class ClipSampler:
 
 
 def make_sampler(spec) -> ClipSampler:
-  """The `ClipSampler` of a `config.input.sampler` section (a mapping of its fields)."""
-  fields = {f.name for f in dataclasses.fields(ClipSampler)}
-  values = dict(spec.items())
-  unknown = sorted(set(values) - fields)
-  if unknown:
-    raise ValueError(f'config.input.sampler: unknown field(s) {unknown}; fields: {sorted(fields)}')
-  try:
-    return ClipSampler(**values)
-  except TypeError as e:
-    raise ValueError(f'config.input.sampler: {e}') from None
+  """The `ClipSampler` of a `config.input.sampler` section (a mapping of its fields; one error names every missing
+  or unknown field)."""
+  return settings.from_config(ClipSampler, spec, 'config.input.sampler')
