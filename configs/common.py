@@ -75,6 +75,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.split = 'valid'
   c.eval.max_videos = -1
   c.eval.chunk_len = 32  # frames decoded and fed to the predictor at a time (bounded memory for long videos)
+  c.eval.checkpoint_step = -1  # eval / predict the train checkpoint of this step (-1: the latest)
 
   c.predict = ml_collections.ConfigDict()
   c.predict.input = ''
@@ -103,6 +104,29 @@ def use_synthetic(c: ml_collections.ConfigDict, root: str, **options) -> ml_coll
   c.dataset.tfrecords = f'{root}/tfrecords_train'
   c.dataset.eval_tfrecords = f'{root}/tfrecords_valid'
   c.dataset.synthetic = ml_collections.ConfigDict(options)
+  return c
+
+
+def demo_synthetic(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The data and outputs every CPU demo config shares (`configs/demo_synthetic.py` for IDOL, `configs/*_demo.py`).
+
+  400 synthetic videos (360 train / 40 valid, 96 x 160) under data/synthetic_demo with shapes of 0.15-0.3 x the
+  short side (at 96 x 160 a perfect detector scores AP 0.80 on them, `benchmarks/eval_ceiling.py`); every
+  validation video is evaluated and the first one drawn (ground truth | prediction) into WORKDIR/overlay.gif.
+  Model sizes and input sizes come from the method's `*_tiny` config (96 x 160 inputs).
+  """
+  from data_pipeline import synthetic  # pylint: disable=g-import-not-at-top
+  use_synthetic(c, 'data/synthetic_demo', num_videos=400, seed=0, height=96, width=160, valid_fraction=0.1,
+                min_radius=0.15, max_radius=0.3)
+  cats = synthetic.categories()
+  c.dataset.num_classes = len(cats)
+  c.model.num_classes = len(cats)
+  c.dataset.category_ids = tuple(x['id'] for x in cats)
+  c.dataset.category_names = tuple(x['name'] for x in cats)
+  c.mesh.data = 1  # one CPU device
+  c.eval.max_videos = -1  # every validation video
+  c.predict.after_eval = True  # overlay of the first validation video
+  c.predict.output = 'overlay.gif'
   return c
 
 

@@ -23,36 +23,25 @@ import ml_collections
 
 from configs import common
 from configs import idol_tiny
-from data_pipeline import synthetic
 
 
 def get_config() -> ml_collections.ConfigDict:
   c = idol_tiny.get_config()
   # 360 training / 40 validation videos (~35 s to generate and convert): with 36 training videos the model
   # overfits (AP 0.43 on them, 0.23 on validation); 160 / 360 give validation AP 0.30 / 0.33.
-  common.use_synthetic(c, 'data/synthetic_demo', num_videos=400, seed=0, height=96, width=160, valid_fraction=0.1,
-                       min_radius=0.15, max_radius=0.3)
-  cats = synthetic.categories()
-  c.dataset.num_classes = len(cats)
-  c.model.num_classes = len(cats)
-  c.dataset.category_ids = tuple(x['id'] for x in cats)
-  c.dataset.category_names = tuple(x['name'] for x in cats)
+  common.demo_synthetic(c)
 
   c.model.backbone_norm = 'GN'
   c.model.backbone_width = 32
   c.model.mask_dim = 8
   c.model.dropout = 0.
 
-  c.mesh.data = 1  # one CPU device
   c.train.num_steps = 3200
   c.train.lr = 5e-4
   c.train.backbone_lr_mult = 1.0
   c.train.lr_steps = (2750,)
   c.train.log_every = 25
   c.train.checkpoint_every = 800
-  c.eval.max_videos = -1  # every validation video
-  c.predict.after_eval = True  # overlay of the first validation video
-  c.predict.output = 'overlay.gif'
   # The demo model's video scores are low (best track per validation video: 0.45 on average, 0.27 on the first):
   # draw every track above 0.15 instead of the default 0.3, so that the overlay is not empty.
   c.predict.score_threshold = 0.15

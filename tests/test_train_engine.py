@@ -183,6 +183,24 @@ def test_eval_writes_results_and_metrics(straight_run, tmp_path):
   assert os.path.exists(os.path.join(workdir, 'results.zip'))
 
 
+def test_eval_checkpoint_step_picks_a_saved_step(straight_run):
+  """`config.eval.checkpoint_step` loads that step's weights (not the latest); an unsaved step names the saved ones."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  workdir, _ = straight_run
+  config = _config()
+  weights = {}
+  for step in (2, 4, -1):
+    config.eval.checkpoint_step = step
+    assert restore.describe_weights(config, workdir).startswith(f'train checkpoint {step if step > 0 else 4} ')
+    weights[step] = jax.tree.leaves(nnx.to_pure_dict(nnx.state(restore.load_model(config, workdir), nnx.Param)))
+  assert all(np.array_equal(a, b) for a, b in zip(weights[4], weights[-1]))
+  assert not all(np.array_equal(a, b) for a, b in zip(weights[2], weights[4]))
+  config.eval.checkpoint_step = 3
+  with pytest.raises(FileNotFoundError, match=r'checkpoint_step=3: .*saved steps: \[2, 4\]'):
+    restore.describe_weights(config, workdir)
+
+
 def _write_mp4(path: str, frames: np.ndarray) -> None:
   import imageio.v2 as imageio  # pylint: disable=g-import-not-at-top
   with imageio.get_writer(path, fps=5, codec='libx264', macro_block_size=1, pixelformat='yuv420p') as writer:

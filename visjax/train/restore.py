@@ -1,7 +1,8 @@
 """Finding and loading the weights that eval / predict run with, and `--mode convert`.
 
-Search order (first hit wins): the latest train checkpoint in WORKDIR/checkpoints, the converted checkpoint
-WORKDIR/converted, then `config.init_from` (a converted orbax directory or an official checkpoint file).
+Search order (first hit wins): the latest train checkpoint in WORKDIR/checkpoints (or step
+`config.eval.checkpoint_step` when >= 0, e.g. for a learning curve), the converted checkpoint WORKDIR/converted,
+then `config.init_from` (a converted orbax directory or an official checkpoint file).
 """
 
 import os
@@ -20,11 +21,26 @@ from visjax.train import mesh as mesh_lib
 from visjax.train import trainer
 
 
+def _saved_steps(ckpt_dir: str) -> list[int]:
+  return sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit()) if os.path.isdir(ckpt_dir) else []
+
+
+def _requested_step(config: ml_collections.ConfigDict) -> int:
+  return int(config.get('eval', {}).get('checkpoint_step', -1))
+
+
 def describe_weights(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """A description of the weights eval/predict would use; raises FileNotFoundError (cheaply) when none exist."""
+  """A description of the weights eval/predict would use; raises FileNotFoundError (cheaply) when none exist, or
+  when `config.eval.checkpoint_step` names a step that was not saved (listing the saved ones)."""
   ckpt_dir = os.path.join(workdir, trainer.CHECKPOINT_DIR)
-  if os.path.isdir(ckpt_dir) and any(d.isdigit() for d in os.listdir(ckpt_dir)):
-    return f'train checkpoint in {ckpt_dir}'
+  steps, wanted = _saved_steps(ckpt_dir), _requested_step(config)
+  if wanted >= 0:
+    if wanted not in steps:
+      raise FileNotFoundError(f'config.eval.checkpoint_step={wanted}: no such checkpoint in {ckpt_dir} '
+                              f'(saved steps: {steps or "none"}).')
+    return f'train checkpoint {wanted} in {ckpt_dir}'
+  if steps:
+    return f'train checkpoint {steps[-1]} in {ckpt_dir}'
   converted = os.path.join(workdir, trainer.CONVERTED_DIR)
   if os.path.isdir(converted):
     return f'converted checkpoint {converted}'
@@ -46,7 +62,9 @@ def load_model(config: ml_collections.ConfigDict, workdir: str) -> nnx.Module:
     setup = trainer.build_setup(config, method, mesh)
     if init_from.training_checkpoint(workdir) is not None:  # parameters and model state only
       checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, trainer.CHECKPOINT_DIR))
-      params, rest = checkpointer.restore_model_state(checkpointer.latest_step(), setup.abstract_state)
+      step = _requested_step(config)
+      params, rest = checkpointer.restore_model_state(step if step >= 0 else checkpointer.latest_step(),
+                                                      setup.abstract_state)
       checkpointer.close()
     else:
       state = setup.init_fn()
