@@ -130,6 +130,19 @@ def demo_synthetic(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
+def demo_schedule(c: ml_collections.ConfigDict, *, num_steps: int, lr_step: int) -> ml_collections.ConfigDict:
+  """The training schedule the CPU demos share: lr 5e-4 on every part (the backbone starts from random weights
+  too), x0.1 at `lr_step`, 4 checkpoints (all kept: RESULTS.md's learning curves evaluate each)."""
+  c.train.num_steps = num_steps
+  c.train.lr = 5e-4
+  c.train.backbone_lr_mult = 1.0
+  c.train.lr_steps = (lr_step,)
+  c.train.log_every = 25
+  c.train.checkpoint_every = num_steps // 4
+  c.train.keep_checkpoints = 4
+  return c
+
+
 def tiny_synthetic(c: ml_collections.ConfigDict, *, batch_size: int = 4) -> ml_collections.ConfigDict:
   """The settings every `*_tiny` config shares: the 40-video synthetic set (96 x 160 frames) under
   /tmp/visjax_synthetic, 96 x 160 inputs, 4 instance slots, and a 300-step schedule with few logs and evals."""

@@ -36,12 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.mask_dim = 8
   c.model.dropout = 0.
 
-  c.train.num_steps = 3200
-  c.train.lr = 5e-4
-  c.train.backbone_lr_mult = 1.0
-  c.train.lr_steps = (2750,)
-  c.train.log_every = 25
-  c.train.checkpoint_every = 800
+  common.demo_schedule(c, num_steps=3200, lr_step=2750)
   # The demo model's video scores are low (best track per validation video: 0.45 on average, 0.27 on the first):
   # draw every track above 0.15 instead of the default 0.3, so that the overlay is not empty.
   c.predict.score_threshold = 0.15

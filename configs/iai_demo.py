@@ -16,11 +16,5 @@ from configs import iai_tiny
 def get_config() -> ml_collections.ConfigDict:
   c = iai_tiny.get_config()
   common.demo_synthetic(c)
-  c.train.lr = 5e-4
-  c.train.backbone_lr_mult = 1.0
-  c.train.num_steps = 1500  # batch 2 (iai_tiny): ~1.5 steps/s on 2 cores
-  c.train.lr_steps = (1300,)
-  c.train.log_every = 25
-  c.train.checkpoint_every = 500
-  c.train.keep_checkpoints = 10  # every checkpoint kept: the learning curve in RESULTS.md evaluates each
+  common.demo_schedule(c, num_steps=1500, lr_step=1300)
   return c

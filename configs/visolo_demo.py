@@ -20,11 +20,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.backbone_norm = 'GN'
   c.model.backbone_width = 32
   c.model.indim = 128  # res4 of the half-width ResNet-18
-  c.train.lr = 5e-4
-  c.train.backbone_lr_mult = 1.0
-  c.train.num_steps = 2000
-  c.train.lr_steps = (1700,)
-  c.train.log_every = 25
-  c.train.checkpoint_every = 500
-  c.train.keep_checkpoints = 10  # every checkpoint kept: the learning curve in RESULTS.md evaluates each
+  common.demo_schedule(c, num_steps=2000, lr_step=1700)
   return c

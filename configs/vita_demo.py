@@ -20,12 +20,6 @@ def get_config() -> ml_collections.ConfigDict:
   common.demo_synthetic(c)
   c.model.backbone_norm = 'GN'
   c.model.backbone_width = 32
-  c.train.lr = 5e-4
-  c.train.backbone_lr_mult = 1.0
+  common.demo_schedule(c, num_steps=2000, lr_step=1700)
   c.train.clip_grad_norm = 1.0
-  c.train.num_steps = 2000
-  c.train.lr_steps = (1700,)
-  c.train.log_every = 25
-  c.train.checkpoint_every = 500
-  c.train.keep_checkpoints = 10  # every checkpoint kept: the learning curve in RESULTS.md evaluates each
   return c
