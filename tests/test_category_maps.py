@@ -1,10 +1,9 @@
 """COCO -> VIS category maps (data_pipeline.category_maps), `convert --category-map`, and mixing a mapped COCO
 directory with a VIS directory in the train input (same labels; a mismatched table is an error naming both)."""
 
+import importlib
 import json
-import os
 
-import numpy as np
 import pytest
 
 pytest.importorskip('tensorflow')
@@ -141,3 +140,35 @@ def test_check_same_categories_names_both_directories():
     category_maps.check_same_categories(['/data/coco', '/data/vis'], [table, table[:1]])
   with pytest.raises(ValueError, match='/data/vis'):
     category_maps.check_same_categories(['/data/coco', '/data/vis'], [table, [table[0], {'id': 3, 'name': 'dog'}]])
+
+
+def _joint_config(name, roots):
+  """A shipped joint config pointed at tiny directories, with tiny sizes."""
+  config = importlib.import_module(f'configs.{name}').get_config()
+  config.dataset.tfrecords = ','.join(roots)
+  config.input.update(batch_size=4, min_size_train=(48,), max_size_train=80, max_instances=4, shuffle_buffer=4,
+                      prefetch=1)
+  config.input.augment.crop_prob = 0.0
+  return config
+
+
+def test_joint_config_input_mixes_coco_and_vis_with_one_label_space(dirs):
+  """vita_ytvis19's joint input on a mapped COCO directory + a YTVIS19-category directory: both sources appear,
+  COCO clips carry the hand-computed target labels; an unmapped COCO directory is an error naming both."""
+  config = _joint_config('vita_ytvis19', (dirs['mapped'], dirs['vis']))
+  it = input_lib.make_train_iterator(config)
+  assert it.mix.tolist() == [571, 429]  # DATASET_RATIO [1.0, 0.75]
+  assert [r.rotation_center for r in it.recipes] == [(0.4, 0.6), None]  # Pseudo-clip recipe for COCO only.
+  coco_labels, vis_labels = set(), set()
+  for _ in range(3):
+    batch = next(it)
+    assert batch['image'].shape[:2] == (4, 5)
+    for i, video_id in enumerate(batch['video_id']):
+      labels = batch['labels'][i][batch['instance_valid'][i]].tolist()
+      (coco_labels if video_id >= 500 else vis_labels).update(labels)
+  assert coco_labels and coco_labels <= {0, 5, 20}
+  assert vis_labels and vis_labels <= set(range(6))
+  with pytest.raises(ValueError, match=f'{dirs["unmapped"]}.*vs {dirs["vis"]}'):
+    input_lib.make_train_iterator(_joint_config('vita_ytvis19', (dirs['unmapped'], dirs['vis'])))
+  with pytest.raises(ValueError, match="dataset_ratios='\\(\\)'"):
+    input_lib.make_train_iterator(_joint_config('vita_ytvis19', (dirs['vis'],)))
