@@ -27,12 +27,17 @@ def idol(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def vita(c: ml_collections.ConfigDict, *, clip_len: int = 5, frame_range: int = 20) -> ml_collections.ConfigDict:
   """VITA: T frames within +-R of a reference, sorted; crop branch p=.5 per clip with a resize to {400,500,600} and
-  a window sliding over the clip; resize and flip per clip. Pseudo-clips: plus rotations up to 15 degrees with
-  angles sorted over the clip."""
+  a window sliding over the clip; resize and flip per clip. Pseudo-clips (`build_pseudo_augmentation`, every
+  decision per clip as clip_frame_cnt = T): plus `RandomRotationClip([-15, 15], expand=False, center=[(0.4, 0.4),
+  (0.6, 0.6)])`: angles sorted over the clip (reversed with p=.5) about one centre per clip, frame size kept.
+
+  The official COCO clip mapper also draws a video length in 16..48 and T sorted frame indices within +-R of a
+  reference; nothing reads them (every frame is the same image and the augmentation ignores the indices), so a
+  pseudo-clip here is frame 0 repeated T times (`frame_index` 0)."""
   return _set(c, dict(kind='reference', clip_len=clip_len, frame_range=frame_range, shuffle=False,
                       replacement=True),
               dict(crop_prob=0.5, crop_per='clip', crop_resize=(400, 500, 600), crop_window='slide'),
-              dict(rotation=15.0, rotation_per='sorted'))
+              dict(rotation=15.0, rotation_per='sorted', rotation_expand=False, rotation_center=(0.4, 0.6)))
 
 
 def visolo(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -6,8 +6,21 @@ Fields beyond `configs/common.py`:
   config.loss.*    set-criterion weights and point sampling (`loss_config`).
   config.tracker.* offline inference: top-k per video and chunk sizes (`tracker_config`).
 
-Not reproduced here: the joint training on COCO pseudo-videos (DATASET_RATIO 1.0 : 0.75 in the yaml) and the
-COCO-pretrained starting weights (`vita_r50_coco.pth`, set `init_from`).
+Joint training on COCO pseudo-videos (`use_coco_joint`): the dataset configs train on two converted directories, as
+the official DATASETS.TRAIN = ("coco2<vis>_train", "<vis>_train") with DATASET_RATIO, found under the default
+layout `datasets/tfrecords/<official split name>` (relative to the working directory):
+
+  python -m data_pipeline.convert --format coco --category-map coco_to_ytvis2019 \
+      --json coco/annotations/instances_train2017.json --images coco/train2017 \
+      --out datasets/tfrecords/coco2ytvis2019_train --num-shards 64
+  python -m data_pipeline.convert --format ytvis --json ytvis_2019/train.json --images ytvis_2019/train/JPEGImages \
+      --out datasets/tfrecords/ytvis_2019_train --num-shards 16
+  (and ytvis_2019/valid.json -> datasets/tfrecords/ytvis_2019_val)
+
+Other paths: `--config.dataset.tfrecords=COCO_DIR,VIS_DIR` (in that order, matching the ratios). VIS only (no COCO):
+`--config.dataset.tfrecords=VIS_DIR --config.input.dataset_ratios='()'`. A missing directory stops training before
+anything is built, naming it. Not reproduced: the COCO-pretrained starting weights (`vita_r50_coco.pth`, set
+`init_from`, or train them with `vita_coco_pseudo.py`).
 """
 
 import dataclasses
@@ -80,6 +93,21 @@ def vita_config(num_classes: int) -> ml_collections.ConfigDict:
   c.train.clip_grad_norm = 0.01  # CLIP_TYPE full_model, L2
   c.train.checkpoint_every = 5000
   c.init_from = ''  # official: vita_r50_coco.pth (the whole VITA pretrained on COCO pseudo-videos)
+  return c
+
+
+TFRECORDS = 'datasets/tfrecords'  # Default layout: one converted directory per official split name.
+
+
+def use_coco_joint(c: ml_collections.ConfigDict, *, vis: str, coco_ratio: float,
+                   vis_ratio: float) -> ml_collections.ConfigDict:
+  """Trains on COCO pseudo-videos mapped to the VIS classes and on the VIS split `vis` (e.g. 'ytvis_2019'), mixed
+  coco_ratio : vis_ratio (DATASETS.TRAIN ("coco2<vis>_train", "<vis>_train"), DATASET_RATIO); evaluates on
+  `<vis>_val`. Sets only `config.dataset.{tfrecords, eval_tfrecords}` and `config.input.dataset_ratios`."""
+  coco = 'coco2' + vis.replace('_', '')  # coco2ytvis2019, coco2ytvis2021, coco2ovis as the official splits
+  c.dataset.tfrecords = f'{TFRECORDS}/{coco}_train,{TFRECORDS}/{vis}_train'
+  c.dataset.eval_tfrecords = f'{TFRECORDS}/{vis}_val'
+  c.input.dataset_ratios = (coco_ratio, vis_ratio)
   return c
 
 

@@ -14,4 +14,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.num_steps = 150000
   c.train.lr_steps = (50000, 125000)
   c.tracker.topk = 20  # TEST.DETECTIONS_PER_IMAGE
+  # ovis/vita_R50_bs8.yaml: DATASETS.TRAIN ("coco2ovis_train", "ovis_train"),
+  # DATASET_RATIO [1.0, 0.25]
+  vita_common.use_coco_joint(c, vis='ovis', coco_ratio=1.0, vis_ratio=0.25)
   return c

@@ -13,4 +13,7 @@ def get_config() -> ml_collections.ConfigDict:
   input_recipes.vita(c, clip_len=6, frame_range=8)
   c.train.num_steps = 187500
   c.train.lr_steps = (100000,)
+  # youtubevis_2021/vita_R50_bs8.yaml: DATASETS.TRAIN ("coco2ytvis2021_train", "ytvis_2021_train"),
+  # DATASET_RATIO [1.0, 0.8]
+  vita_common.use_coco_joint(c, vis='ytvis_2021', coco_ratio=1.0, vis_ratio=0.8)
   return c

@@ -5,8 +5,10 @@
 video) and returns each frame zero-padded (bottom/right) to a static canvas, with the content size of every frame.
 Per frame the order is:
 
-  1. rotation by an angle in [-r, r] degrees about the centre, canvas expanded to the
-     rotated bounds (detectron2 `RotationTransform(expand=True)`); per frame, or angles sorted over the clip.
+  1. rotation by an angle in [-r, r] degrees (counter-clockwise, as detectron2 `RotationTransform` / cv2), either
+     about the centre with the canvas expanded to the rotated bounds (`expand=True`), or keeping the frame size
+     about a centre drawn in a relative range (`expand=False, center=...`); angles per frame, or drawn per frame,
+     sorted over the clip and reversed with p = 0.5 (VITA `RandomRotationClip`, whose centre is drawn per clip).
   2. crop branch, taken with probability `crop_prob` (decided per clip or per frame): an optional shortest-edge
      resize to a choice of `crop_resize` (no max size), then a crop of `randint(min(h, lo), min(h, hi))` x
      `randint(min(w, lo), min(w, hi))` (detectron2 'absolute_range') placed per frame, once per clip, or sliding
@@ -51,7 +53,11 @@ class Recipe:
     crop_window: 'frame' (window drawn per frame), 'clip' (one window), 'slide' (one size, position moving
       linearly from a random start to a random end over the clip).
     rotation: max absolute rotation in degrees; 0 for none.
-    rotation_per: 'frame' (independent angles) or 'sorted' (angles drawn per frame, sorted over the clip).
+    rotation_per: 'frame' (independent angles and centres) or 'sorted' (angles drawn per frame, sorted over the
+      clip, the order reversed with p = 0.5; one centre per clip).
+    rotation_expand: expand the canvas to the rotated bounds (the centre is then the frame's) or keep the size.
+    rotation_center: (lo, hi) relative range of the rotation centre's x and y (each drawn in it), or None for the
+      frame's centre; only with `rotation_expand=False`.
     post_crop: (h, w) crop after the resize, or None.
   """
   min_sizes: tuple[int, ...]
@@ -65,6 +71,8 @@ class Recipe:
   crop_window: str = 'frame'
   rotation: float = 0.0
   rotation_per: str = 'frame'
+  rotation_expand: bool = True
+  rotation_center: tuple[float, float] | None = None
   post_crop: tuple[int, int] | None = None
 
   def __post_init__(self):
@@ -78,6 +86,10 @@ class Recipe:
       raise ValueError(f'Recipe.crop_prob must be in [0, 1], got {self.crop_prob}')
     if not 1 <= self.crop_range[0] <= self.crop_range[1]:
       raise ValueError(f'Recipe.crop_range must be 1 <= lo <= hi, got {self.crop_range}')
+    if self.rotation_center is not None and (self.rotation_expand or not
+                                             0.0 <= self.rotation_center[0] <= self.rotation_center[1] <= 1.0):
+      raise ValueError(f'Recipe.rotation_center needs rotation_expand=False and 0 <= lo <= hi <= 1, got '
+                       f'{self.rotation_center} with rotation_expand={self.rotation_expand}')
 
 
 def make_recipe(augment, *, min_sizes: Sequence[int], max_size: int, pseudo_overrides=None) -> Recipe:
@@ -125,18 +137,28 @@ def shortest_edge_size(h, w, short, max_size):
   return tf.cast(tf.floor(new_h + 0.5), tf.int32), tf.cast(tf.floor(new_w + 0.5), tf.int32)
 
 
-def _rotate(image, masks, degrees):
-  """Rotates `[H, W, C]` frame (bilinear) and `[H, W, N]` masks (nearest) about the centre, canvas expanded."""
+def rotate(image, masks, degrees, center=None, expand: bool = True):
+  """Rotates a `[H, W, C]` frame (bilinear) and `[H, W, N]` masks (nearest) counter-clockwise by `degrees`.
+
+  detectron2 `RotationTransform` geometry (cv2 `getRotationMatrix2D` at the centre - 0.5): with `expand` about the
+  frame centre onto the rotated bounds, else about `center` (relative (x, y), default (0.5, 0.5)) keeping H x W.
+  """
   tf = tfrecord.import_tf()
   h = tf.cast(tf.shape(image)[0], tf.float32)
   w = tf.cast(tf.shape(image)[1], tf.float32)
   theta = degrees * (math.pi / 180.0)
   c, s = tf.cos(theta), tf.sin(theta)
-  out_w = tf.math.rint(h * tf.abs(s) + w * tf.abs(c))
-  out_h = tf.math.rint(h * tf.abs(c) + w * tf.abs(s))
-  cx, cy, ox, oy = (w - 1) / 2, (h - 1) / 2, (out_w - 1) / 2, (out_h - 1) / 2
-  # Output pixel (x, y) samples input (c(x-ox) + s(y-oy) + cx, -s(x-ox) + c(y-oy) + cy).
-  transform = tf.stack([c, s, cx - c * ox - s * oy, -s, c, cy + s * ox - c * oy, 0., 0.])[None]
+  if expand:
+    out_w = tf.math.rint(h * tf.abs(s) + w * tf.abs(c))
+    out_h = tf.math.rint(h * tf.abs(c) + w * tf.abs(s))
+    cx, cy, ox, oy = (w - 1) / 2, (h - 1) / 2, (out_w - 1) / 2, (out_h - 1) / 2
+  else:
+    rel = (0.5, 0.5) if center is None else center
+    out_w, out_h = w, h
+    cx, cy = w * rel[0] - 0.5, h * rel[1] - 0.5
+    ox, oy = cx, cy
+  # Output pixel (x, y) samples input (c(x-ox) - s(y-oy) + cx, s(x-ox) + c(y-oy) + cy).
+  transform = tf.stack([c, -s, cx - c * ox + s * oy, s, c, cy - s * ox - c * oy, 0., 0.])[None]
   shape = tf.cast(tf.stack([out_h, out_w]), tf.int32)
 
   def warp(x, interpolation):
@@ -170,12 +192,17 @@ def augment_clip(images, masks, seed, recipe: Recipe, canvas: tuple[int, int]):
     angles = (_uniform(samplers.fold(seed, 1), [num_frames]) * 2 - 1) * recipe.rotation
     if recipe.rotation_per == 'sorted':
       angles = tf.sort(angles)
+      angles = tf.where(_uniform(samplers.fold(seed, 10)) < 0.5, tf.reverse(angles, [0]), angles)
 
   def one_frame(t):  # Traced once, run per frame (tf.map_fn), so the graph does not grow with T.
     image = images[t]
     mask = tf.transpose(masks[t], [1, 2, 0])  # [H, W, N]
     if angles is not None:
-      image, mask = _rotate(image, mask, angles[t])
+      center = None
+      if recipe.rotation_center is not None:
+        lo_c, hi_c = recipe.rotation_center
+        center = tf.unstack(lo_c + (hi_c - lo_c) * _uniform(_key(seed, 11, recipe.rotation_per, t), [2]))
+      image, mask = rotate(image, mask, angles[t], center, recipe.rotation_expand)
     h = tf.cast(tf.shape(image)[0], tf.float32)
     w = tf.cast(tf.shape(image)[1], tf.float32)
 

@@ -6,14 +6,19 @@ categories, RLE sizes against the image size, polygons). The converter writes th
 (`video/num_frames` = 1). At training time every frame sampler returns frame 0 `T` times for such a record, and
 `config.input.augment_pseudo` (on top of `config.input.augment`) gives the T copies their own augmentation, e.g.
 independent per-frame views, or clip-level augmentation plus rotations with angles sorted over the clip.
+
+With a `category_maps.CategoryMap` (`data_pipeline.convert --category-map`), the records carry the categories of a
+VIS dataset instead of COCO's, for training on both together.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
 
+from data_pipeline import category_maps
 from data_pipeline import ytvis_json
 
 
@@ -82,13 +87,29 @@ def coco_to_ytvis(content: dict[str, Any], *, source: str, keep_empty: bool = Fa
   return {'videos': videos, 'categories': content['categories'], 'annotations': annotations}, dropped
 
 
-def load_coco(path: str | os.PathLike, *, keep_empty: bool = False) -> tuple[ytvis_json.YtvisDataset, int]:
-  """Reads and validates a COCO instances json as single-frame videos; returns (dataset, images dropped)."""
+@dataclasses.dataclass(frozen=True)
+class CocoCounts:
+  """What `load_coco` left out: images without a (non-crowd) annotation, annotations of an unmapped category."""
+  images_without_annotations: int = 0
+  unmapped_annotations: int = 0
+
+
+def load_coco(path: str | os.PathLike, *, keep_empty: bool = False,
+              category_map: category_maps.CategoryMap | None = None) -> tuple[ytvis_json.YtvisDataset, CocoCounts]:
+  """Reads and validates a COCO instances json as single-frame videos.
+
+  With `category_map`, annotations are first rewritten into the target dataset's categories (unmapped ones dropped,
+  `category_maps.apply`), so that images left empty are dropped too, as the official FILTER_EMPTY_ANNOTATIONS does.
+  Returns (dataset, counts of what was dropped).
+  """
   path = os.fspath(path)
   with open(path, 'rb') as f:
     try:
       content = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
       raise ytvis_json.DatasetFormatError(f'{path}: not valid JSON: {e}') from None
+  unmapped = 0
+  if category_map is not None:
+    content, unmapped = category_maps.apply(content, category_map, source=path)
   ytvis, dropped = coco_to_ytvis(content, source=path, keep_empty=keep_empty)
-  return ytvis_json.parse(ytvis, source=path), dropped
+  return ytvis_json.parse(ytvis, source=path), CocoCounts(dropped, unmapped)

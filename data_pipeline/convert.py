@@ -1,7 +1,7 @@
 """Convert YouTube-VIS / OVIS / COCO annotations and frames into visjax TFRecord shards.
 
   python -m data_pipeline.convert --format ytvis|coco --json FILE --images DIR --out DIR --num-shards N
-      [--workers K] [--split NAME] [--skip-bad] [--overwrite] [--window W]
+      [--workers K] [--split NAME] [--skip-bad] [--overwrite] [--window W] [--category-map NAME]
   python -m data_pipeline.convert --verify DIR     # checksums, record counts, every frame and mask decoded
 
 The json is validated first (`ytvis_json`; a COCO instances json becomes one-frame videos, `coco_pseudo`). Videos
@@ -14,6 +14,12 @@ removed before anything is written, so an interrupted run never leaves a directo
 Bad input (invalid json, a missing or unreadable frame, a frame whose size differs from the json) stops the run with
 one line naming the file / video / frame and exit status 2; with `--skip-bad`, videos with a bad frame are skipped
 and counted instead (json-level errors always stop the run).
+
+`--category-map coco_to_ytvis2019|coco_to_ytvis2021|coco_to_ovis` (with `--format coco`) writes a COCO json with the
+categories of that VIS dataset (`category_maps`): annotations of other classes are dropped, then images left without
+an annotation; the manifest's category table is the VIS dataset's, so the directory can be mixed with a converted
+VIS split (`config.dataset.tfrecords` = both, `config.input.dataset_ratios`). Both counts go to the manifest
+(`num_annotations_unmapped_dropped`, `num_images_without_annotations_dropped`) and to the last output line.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from typing import Sequence
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from data_pipeline import category_maps
+from data_pipeline import coco_pseudo
 from data_pipeline import tfrecord
 from data_pipeline import ytvis_json
 
@@ -106,11 +114,11 @@ def _remove_previous(out_dir: str, overwrite: bool) -> None:
 
 def convert(*, fmt: str, json_path: str, images_dir: str, out_dir: str, num_shards: int, workers: int = 1,
             split: str | None = None, skip_bad: bool = False, overwrite: bool = False, window: int = 0,
-            progress: bool = True) -> tfrecord.Manifest:
+            category_map: str = '', progress: bool = True) -> tfrecord.Manifest:
   """Runs the conversion (see the module docstring) and returns the loaded manifest.
 
   `window` > 0 writes each video as records of at most that many frames (training on long videos; eval input
-  needs whole-video records).
+  needs whole-video records). `category_map` names a `category_maps.MAPS` entry (COCO only).
   """
   if num_shards < 1:
     raise ConvertError(f'--num-shards must be >= 1, got {num_shards}')
@@ -120,14 +128,19 @@ def convert(*, fmt: str, json_path: str, images_dir: str, out_dir: str, num_shar
     raise ConvertError(f'{json_path}: annotation file not found')
   if not os.path.isdir(images_dir):
     raise ConvertError(f'{images_dir}: images directory not found')
-  dropped_empty = 0
+  if category_map and fmt != 'coco':
+    raise ConvertError(f'--category-map {category_map} maps COCO categories; it needs --format coco, got {fmt!r}')
+  counts_dropped = coco_pseudo.CocoCounts()
   if fmt == 'ytvis':
     dataset = ytvis_json.load(json_path)
     if not dataset.has_annotations:
       logging.warning('%s has no "annotations": records will have no tracks (eval-only input)', json_path)
   elif fmt == 'coco':
-    from data_pipeline import coco_pseudo  # pylint: disable=g-import-not-at-top
-    dataset, dropped_empty = coco_pseudo.load_coco(json_path)
+    try:
+      mapping = category_maps.get(category_map) if category_map else None
+    except ValueError as e:
+      raise ConvertError(f'--category-map: {e}') from None
+    dataset, counts_dropped = coco_pseudo.load_coco(json_path, category_map=mapping)
   else:
     raise ConvertError(f'--format must be ytvis or coco, got {fmt!r}')
   if not dataset.videos:
@@ -205,7 +218,9 @@ def convert(*, fmt: str, json_path: str, images_dir: str, out_dir: str, num_shar
       'num_records': num_records,
       'window': window,
       **stats,
-      'num_images_without_annotations_dropped': dropped_empty,
+      'category_map': category_map,
+      'num_images_without_annotations_dropped': counts_dropped.images_without_annotations,
+      'num_annotations_unmapped_dropped': counts_dropped.unmapped_annotations,
       'categories': table.to_json(),
       'skipped': {'count': len(skipped), 'videos': skipped},
       'shards': shards,
@@ -247,6 +262,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--overwrite', action='store_true', help='replace a finished conversion in --out')
   parser.add_argument('--window', type=int, default=0,
                       help='split videos into records of at most this many frames (training only; 0: whole videos)')
+  parser.add_argument('--category-map', '--category_map', dest='category_map', default='',
+                      choices=('',) + tuple(sorted(category_maps.MAPS)), metavar='NAME',
+                      help='with --format coco: write the categories of a VIS dataset, dropping the other classes '
+                           f'(one of {", ".join(sorted(category_maps.MAPS))})')
   parser.add_argument('--no-progress', action='store_true')
   parser.add_argument('--verify', metavar='DIR', help='only check a finished conversion (checksums, full decode)')
   args = parser.parse_args(argv)
@@ -264,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     manifest = convert(fmt=args.format, json_path=args.json, images_dir=args.images, out_dir=args.out,
                        num_shards=args.num_shards, workers=args.workers, split=args.split,
                        skip_bad=args.skip_bad, overwrite=args.overwrite, window=args.window,
-                       progress=not args.no_progress)
+                       category_map=args.category_map, progress=not args.no_progress)
   except (ConvertError, ytvis_json.DatasetFormatError, tfrecord.RecordFormatError, OSError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
@@ -274,7 +293,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 130
   print(f'wrote {manifest.num_videos} videos ({manifest.num_records} records) in {len(manifest.shards)} shards to '
         f'{args.out} '
-        f'(skipped {manifest.raw["skipped"]["count"]})')
+        f'(skipped {manifest.raw["skipped"]["count"]}; dropped {manifest.raw["num_images_without_annotations_dropped"]} '
+        f'images without annotations, {manifest.raw["num_annotations_unmapped_dropped"]} annotations of unmapped '
+        'categories)')
   return 0
 
 

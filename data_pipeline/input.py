@@ -21,7 +21,8 @@ Training (`make_train_iterator(config, process_index=, process_count=)` or `Trai
 - Several directories (e.g. YTVIS and COCO pseudo-videos) are mixed with
   `ratios`: in every block of 1000 clips, source k supplies round(1000 * ratio_k / sum) clips, in an order drawn from
   (seed, process, block). Each source keeps its own epochs and its own augmentation recipe (pseudo-clip recipe for
-  a COCO conversion); on resume the clips taken from each source are counted from the block pattern.
+  a COCO conversion); on resume the clips taken from each source are counted from the block pattern. The sources
+  must have the same category table (a COCO directory converted with `--category-map`), so labels mean the same.
 - Static shapes: every frame is augmented onto the largest size bucket; each batch is then cut to the smallest
   bucket that holds all its frames (single process) or kept at the largest bucket (several processes, so that all
   processes agree on the global shape). Instances: the first `max_instances` tracks (json order) visible in the
@@ -45,6 +46,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from data_pipeline import augment
+from data_pipeline import category_maps
 from data_pipeline import samplers
 from data_pipeline import tfrecord
 
@@ -284,8 +286,11 @@ class TrainIterator:
       raise ValueError('TrainSpec.root names no converted directory')
     self.mix = mix_counts(spec.ratios or (1.0,) * len(roots))
     if len(self.mix) != len(roots):
-      raise ValueError(f'{len(spec.ratios)} dataset ratios for {len(roots)} TFRecord directories')
+      raise ValueError(f'config.input.dataset_ratios has {len(spec.ratios)} values for {len(roots)} TFRecord '
+                       f'directories {list(roots)} (config.dataset.tfrecords); give one ratio per directory, or '
+                       "--config.input.dataset_ratios='()' for equal weights")
     self.manifests = tuple(tfrecord.load_manifest(r) for r in roots)
+    category_maps.check_same_categories(roots, [m.categories for m in self.manifests])  # One label space.
     self.plans = tuple(plan_process_shard(m, spec.process_index, spec.process_count) for m in self.manifests)
     self.sampler = spec.sampler
     buckets = tuple(tuple(int(x) for x in b) for b in spec.size_buckets) or derive_buckets(

@@ -355,8 +355,8 @@ def test_corrupt_shard_is_named(data, tmp_path):
     list(input_lib.eval_videos(root, min_size=32, max_size=64))
 
 
-def _write_records(root, payloads, fmt='ytvis'):
-  """Writes a one-shard directory with a valid manifest around hand-made records."""
+def _write_records(root, payloads, fmt='ytvis', categories=({'index': 0, 'id': 1, 'name': 'x'},)):
+  """Writes a one-shard directory with a valid manifest (category table `categories`) around hand-made records."""
   tf = tfrecord.import_tf()
   os.makedirs(root)
   path = os.path.join(root, tfrecord.shard_name('bad', 0, 1))
@@ -364,7 +364,7 @@ def _write_records(root, payloads, fmt='ytvis'):
     for p in payloads:
       writer.write(tfrecord.serialize_video(p))
   manifest = {'format_version': tfrecord.FORMAT_VERSION, 'format': fmt, 'num_videos': len(payloads),
-              'max_tracks_per_video': 1, 'categories': [{'index': 0, 'id': 1, 'name': 'x'}],
+              'max_tracks_per_video': 1, 'categories': list(categories),
               'shards': [{'file': os.path.basename(path), 'num_records': len(payloads),
                           'num_bytes': os.path.getsize(path), 'sha256': tfrecord.sha256_file(path)}]}
   with open(os.path.join(root, tfrecord.MANIFEST_NAME), 'w') as f:
@@ -421,7 +421,7 @@ def coco_root(data, tmp_path_factory):
         full, video_id=video.id + 1000, filenames=full.filenames[:1], frames=full.frames[:1],
         tracks=[dataclasses.replace(t, bboxes=t.bboxes[:1], mask_pngs=t.mask_pngs[:1]) for t in full.tracks]))
   root = str(tmp_path_factory.mktemp('coco') / 'tfr')
-  _write_records(root, payloads, fmt='coco')
+  _write_records(root, payloads, fmt='coco', categories=dataset.category_table.to_json())
   return root
 
 
