@@ -6,6 +6,9 @@ Fields beyond `configs/common.py`:
   config.loss.*    set-criterion weights and point sampling (`loss_config`).
   config.tracker.* offline inference: top-k per video and chunk sizes (`tracker_config`).
 
+`FREEZE_DETECTOR` is the official MODEL.VITA.FREEZE_DETECTOR as a `train.frozen` value (`vita_config(...,
+freeze_detector=True)`, or on the command line `--config.train.frozen="('^(?!.*vita_module)',)"`).
+
 Not reproduced here: the joint training on COCO pseudo-videos (DATASET_RATIO 1.0 : 0.75 in the yaml) and the
 COCO-pretrained starting weights (`vita_r50_coco.pth`, set `init_from`).
 """
@@ -18,6 +21,11 @@ from configs import common
 from configs import input_recipes
 from visjax.models.backbones import swin
 from visjax.models.vita import model as vita_model
+
+
+# MODEL.VITA.FREEZE_DETECTOR (vita_model.py): every parameter whose name lacks 'vita_module' gets
+# requires_grad_(False); visjax's parameter paths ('sem_seg_head/predictor/...') keep that name.
+FREEZE_DETECTOR = (r'^(?!.*vita_module)',)
 
 
 def loss_config() -> ml_collections.ConfigDict:
@@ -48,8 +56,9 @@ def tracker_config() -> ml_collections.ConfigDict:
   return t
 
 
-def vita_config(num_classes: int) -> ml_collections.ConfigDict:
-  """The official VITA R-50 YouTube-VIS 2019 recipe with `num_classes` classes (other datasets override)."""
+def vita_config(num_classes: int, *, freeze_detector: bool = False) -> ml_collections.ConfigDict:
+  """The official VITA R-50 YouTube-VIS 2019 recipe with `num_classes` classes (other datasets override);
+  `freeze_detector` trains the VITA module only (`FREEZE_DETECTOR`, official default False)."""
   c = common.base_config()
   c.method = 'vita'
   c.dataset.num_classes = num_classes
@@ -78,6 +87,7 @@ def vita_config(num_classes: int) -> ml_collections.ConfigDict:
   c.train.warmup_steps = 10
   c.train.warmup_factor = 1.0
   c.train.clip_grad_norm = 0.01  # CLIP_TYPE full_model, L2
+  c.train.frozen = FREEZE_DETECTOR if freeze_detector else ()
   c.train.checkpoint_every = 5000
   c.init_from = ''  # official: vita_r50_coco.pth (the whole VITA pretrained on COCO pseudo-videos)
   return c
