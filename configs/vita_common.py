@@ -81,7 +81,7 @@ def vita_config(num_classes: int, *, freeze_detector: bool = False) -> ml_collec
   c.train.backbone_lr_mult = 0.1
   c.train.weight_decay = 0.05
   # Mask2Former's build_optimizer: no decay on norm layers, nn.Embedding weights and Swin's bias tables.
-  c.train.no_weight_decay = (r'norm\d*\.(scale|bias)$', r'\.embedding$', r'relative_position_bias_table$')
+  c.train.no_weight_decay = (r'norm\d*/(scale|bias)$', r'/embedding$', r'relative_position_bias_table$')
   c.train.lr_steps = (75000,)
   c.train.lr_gamma = 0.1
   c.train.warmup_steps = 10

@@ -183,3 +183,28 @@ def test_freeze_detector_trains_only_the_vita_module():
   moments = {k: v for k, v in leaves(state['opt_state']).items() if k.split('/')[1] in ('mu', 'nu')}
   assert sorted(moments) == sorted(f'1/{s}/{k}' for s in ('mu', 'nu') for k in vita)
   assert sum(v.nbytes for v in moments.values()) == 2 * sum(before[k].nbytes for k in vita)
+
+
+@pytest.mark.parametrize('swin', [False, True])
+def test_no_weight_decay_on_norms_and_embeddings(swin):
+  """Mask2Former's build_optimizer: decay 0 exactly on the parameters of norm modules, nn.Embedding weights and
+  Swin's relative position tables (the reference walks the module tree by type; the config uses path regexes)."""
+  from configs import vita_common  # pylint: disable=g-import-not-at-top
+  from visjax.train import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from visjax.train import optim  # pylint: disable=g-import-not-at-top
+  config = _tiny_config()
+  if swin:
+    vita_common.use_swin_l(config)
+  model = nnx.eval_shape(lambda: registry.get_method(config).build_model(nnx.Rngs(0)))
+  norms = (nnx.LayerNorm, nnx.GroupNorm, nnx.BatchNorm, nnx.Embed)
+  want = set()
+  for path, module in nnx.iter_modules(model):
+    if isinstance(module, norms):
+      prefix = '/'.join(str(p) for p in path)
+      want |= {f'{prefix}/{name}' for name in ('scale', 'bias', 'embedding') if hasattr(module, name)}
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  names = [mesh_lib.path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+  want |= {n for n in names if n.endswith('relative_position_bias_table')}
+  _, decays = optim.param_multipliers(params, config)
+  got = {mesh_lib.path_str(p) for p, d in jax.tree_util.tree_leaves_with_path(decays) if d == 0.0}
+  assert len(want) > 50 and got == want, (sorted(got - want)[:5], sorted(want - got)[:5])
