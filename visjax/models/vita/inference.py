@@ -45,6 +45,14 @@ class Detections(NamedTuple):
   queries: np.ndarray
 
 
+def video_bucket(num_frames: int, window: int) -> int:
+  """The padded video length the VITA module runs at, so that few lengths are compiled: the window size times the
+  next power of two of the window count (`W = 0`: the next power of two of T). Padded frames change no output
+  (`VITAModule(..., num_frames=T)`)."""
+  units = -(-num_frames // window) if window else num_frames
+  return max(window, 1) * (1 << max(units - 1, 0).bit_length())
+
+
 def _softmax(x: np.ndarray) -> np.ndarray:
   x = x - x.max(axis=-1, keepdims=True)
   e = np.exp(x)
