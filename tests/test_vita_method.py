@@ -98,7 +98,9 @@ def test_predictor_records(tiny):
   parts = [method._jitted_frames(graphdef)(state, jnp.asarray(frames[i:i + 4]), jnp.tile(jnp.asarray(SIZE), (4, 1)))
            for i in (0, 4)]
   queries, features = (np.concatenate([p[k] for p in parts])[:T] for k in (0, 1))
-  logits, embed = method._jitted_video(graphdef)(state, jnp.asarray(queries))
+  # The VITA module unpadded (the predictor runs it at the bucket length 12 with 5 padded frames).
+  video = jax.jit(lambda s, x: nnx.merge(graphdef, s).vita_module(x[None, None], train=False))(state, queries)
+  logits, embed = video['pred_logits'][-1, 0, 0], video['pred_mask_embed'][-1, 0, 0]
   det, masks = inference.video_inference(np.asarray(logits), np.asarray(embed), features, interim_size=(HP, WP),
                                          image_size=SIZE, out_size=ORIG, topk=5, chunk_size=3)
   by_track = {t.track_id: t for t in tracks}
@@ -117,6 +119,18 @@ def test_predictor_records(tiny):
   predictor.add_frames(_frames()[:3], np.tile(SIZE, (3, 1)))
   with pytest.raises(ValueError, match='3 of 7 frames'):
     predictor.finish()
+
+
+def test_video_module_compiles_once_per_bucket(tiny):
+  """Videos of 7, 9 and 12 frames share the bucket of 12 frames (window 6): one VITA-module compile."""
+  m, model = tiny
+  video_fn = method._jitted_video(nnx.split(model)[0])
+  before = video_fn._cache_size()  # pylint: disable=protected-access
+  for length in (7, 9, 12):
+    predictor = m.make_predictor(model, predictor_lib.VideoMeta(video_id=1, length=length, orig_size=ORIG))
+    predictor.add_frames(np.resize(_frames(), (length, HP, WP, 3)), np.tile(SIZE, (length, 1)))
+    assert predictor.finish()
+  assert video_fn._cache_size() - before <= 1  # pylint: disable=protected-access
 
 
 def _batch(seed=0):
