@@ -53,6 +53,7 @@ def tracker_config() -> ml_collections.ConfigDict:
   t.topk = 10
   t.run_chunk_size = 18  # VITA.TEST_RUN_CHUNK_SIZE: frames per backbone / frame-decoder pass
   t.interpolate_chunk_size = 5  # VITA.TEST_INTERPOLATE_CHUNK_SIZE: frames per mask upsampling pass
+  t.mask_features_dtype = 'float32'  # host copy of every frame's mask features; 'bfloat16' halves it
   return t
 
 

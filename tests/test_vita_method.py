@@ -222,3 +222,27 @@ def test_no_weight_decay_on_norms_and_embeddings(swin):
   _, decays = optim.param_multipliers(params, config)
   got = {mesh_lib.path_str(p) for p, d in jax.tree_util.tree_leaves_with_path(decays) if d == 0.0}
   assert len(want) > 50 and got == want, (sorted(got - want)[:5], sorted(want - got)[:5])
+
+
+def test_bfloat16_host_mask_features_keep_masks_and_scores(tiny):
+  """`tracker.mask_features_dtype='bfloat16'` (half the host memory per frame): the same tracks, masks with IoU
+  >= 0.99 vs float32 over the whole video and class scores within 1e-3 (relative; measured >= 0.9989, <= 4.2e-5)."""
+  m, model = tiny
+  config = _tiny_config()
+  config.tracker.mask_features_dtype = 'bfloat16'
+  m16 = registry.get_method(config)
+  want, got = _tracks(m, model, [T]), _tracks(m16, model, [T])
+  assert [t.track_id for t in got] == [t.track_id for t in want]
+  decode = lambda track: np.stack([mask_utils.decode(seg) for seg in track.segmentations]).astype(bool)
+  for g, w in zip(got, want):
+    a, b = decode(g), decode(w)
+    iou = (a & b).sum() / max((a | b).sum(), 1)
+    rel = np.abs(g.class_scores - w.class_scores).max() / np.abs(w.class_scores).max()
+    print(f'track {w.track_id}: mask IoU {iou:.5f}, class score rel diff {rel:.2e}')
+    assert iou >= 0.99 and rel <= 1e-3, (w.track_id, iou, rel)
+  predictor = m16.make_predictor(model, predictor_lib.VideoMeta(video_id=7, length=T, orig_size=ORIG))
+  predictor.add_frames(_frames(), np.tile(SIZE, (T, 1)))
+  assert predictor.mask_features[0].dtype == jnp.bfloat16 and predictor.mask_features[0].itemsize == 2
+  config.tracker.mask_features_dtype = 'float16'
+  with pytest.raises(ValueError, match='config.tracker.mask_features_dtype'):
+    registry.get_method(config)

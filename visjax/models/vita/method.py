@@ -4,7 +4,9 @@
   frame-decoder layers) and both set criteria (`criterion.vita_loss`), with the `config.loss` settings read once.
 * `make_predictor` returns a `VITAPredictor`, offline as the official `Vita.inference`: `add_frames` runs the
   per-frame detector on `config.tracker.run_chunk_size` frames at a time (jitted once per padded size, the last
-  chunk zero-padded) and keeps each frame's last-layer frame queries and VITA mask features on the host; `finish`
+  chunk zero-padded) and keeps each frame's last-layer frame queries and VITA mask features (in
+  `config.tracker.mask_features_dtype`: float32 as the official code, or bfloat16, half the host memory) on the
+  host; `finish`
   runs the VITA module once over the whole video (zero-padded to `inference.video_bucket` frames, the padding
   masked, so a few lengths are compiled), takes the top-k (query, class) pairs and computes their masks
   `interpolate_chunk_size` frames at a time on the device (`inference.chunk_masks_device`), encoding each frame's
@@ -91,7 +93,7 @@ class VITAPredictor:
       padded_sizes = np.concatenate([sizes, np.repeat(sizes[-1:], chunk - n, 0)])
       queries, features = self.frames_fn(jnp.asarray(images), jnp.asarray(padded_sizes))
       self.frame_queries.append(np.asarray(queries[:n]))
-      self.mask_features.append(np.asarray(features[:n]))
+      self.mask_features.append(np.asarray(features[:n].astype(self.settings.mask_features_dtype)))
       self.image_sizes.append(sizes)
     self.padded_size = tuple(preprocess.round_up(int(s), self.size_divisibility) for s in frames.shape[1:3])
 
@@ -106,7 +108,7 @@ class VITAPredictor:
     # As the official code: the crop size is that of the first frame of the last run chunk.
     sizes = np.concatenate(self.image_sizes)
     image_size = tuple(int(v) for v in sizes[(len(sizes) - 1) // s.run_chunk_size * s.run_chunk_size])
-    features = np.concatenate(self.mask_features)
+    features = [f for part in self.mask_features for f in part]  # per-frame views: no second copy of the video
     self.frame_queries, self.mask_features = [], []
     queries = np.unique(det.queries)
     # Padded to `topk` rows so the mask pass compiles once per frame-chunk length and video size.
@@ -118,7 +120,8 @@ class VITAPredictor:
     sizes = dict(interim_size=self.padded_size, image_size=image_size, out_size=tuple(self.video.orig_size))
     step = s.interpolate_chunk_size
     for start in range(0, len(features), step):
-      part = inference.chunk_masks_device(jnp.asarray(embed), jnp.asarray(features[start:start + step]), **sizes)
+      part = inference.chunk_masks_device(jnp.asarray(embed), jnp.asarray(np.stack(features[start:start + step])),
+                                          **sizes)
       soft += np.asarray(part.soft_sum)[:len(queries)]
       hard += np.asarray(part.hard_count)[:len(queries)]
       for i, masks in enumerate(np.asarray(part.masks)[:len(queries)]):
