@@ -1,6 +1,7 @@
 """Peak memory of eval and predict on one long synthetic video: 100 vs 1,000 frames (contract v2 streaming).
 
-  python benchmarks/long_video_rss.py --config configs/idol_tiny.py [--frames 100,1000] [--chunk 32]
+  python benchmarks/long_video_rss.py --config configs/idol_tiny.py [--frames 100,1000] [--chunk 32] \
+      [--modes eval,predict] [--override=--config.x=y ...]
 
 For each length: a one-video synthetic YTVIS set (96x160) is generated and converted; a randomly initialised model
 of the config is saved as WORKDIR/converted; then `--mode eval` (TFRecords, chunks of `--chunk` frames) and
@@ -44,6 +45,9 @@ def main() -> None:
   parser.add_argument('--config', default='configs/idol_tiny.py')
   parser.add_argument('--frames', default='100,1000')
   parser.add_argument('--chunk', type=int, default=32)
+  parser.add_argument('--modes', default='eval,predict')
+  parser.add_argument('--override', action='append', default=[],
+                      help='extra --config.x=y for every run (e.g. --override=--config.tracker.foo=1)')
   args = parser.parse_args()
   sys.path.insert(0, REPO)
   from flax import nnx  # pylint: disable=g-import-not-at-top
@@ -73,7 +77,9 @@ def main() -> None:
               '--config.dataset.valid_json=', '--config.dataset.prepare=', f'--config.eval.chunk_len={args.chunk}']
     for mode, extra in (('eval', []), ('predict', [f'--config.predict.input={video_dir}',
                                                    '--config.predict.output=overlay.gif'])):
-      wall, cpu, rss = _run(common + ['--mode', mode] + extra)
+      if mode not in args.modes.split(','):
+        continue
+      wall, cpu, rss = _run(common + ['--mode', mode] + extra + args.override)
       print(f'| {args.config} | {frames} | {mode} | {wall:.1f} | {cpu:.1f} | {rss:.0f} |', flush=True)
 
 

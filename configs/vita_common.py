@@ -21,6 +21,9 @@ Other paths: `--config.dataset.tfrecords=COCO_DIR,VIS_DIR` (in that order, match
 `--config.dataset.tfrecords=VIS_DIR --config.input.dataset_ratios='()'`. A missing directory stops training before
 anything is built, naming it. Not reproduced: the COCO-pretrained starting weights (`vita_r50_coco.pth`, set
 `init_from`, or train them with `vita_coco_pseudo.py`).
+
+`FREEZE_DETECTOR` is the official MODEL.VITA.FREEZE_DETECTOR as a `train.frozen` value (`vita_config(...,
+freeze_detector=True)`, or on the command line `--config.train.frozen="('^(?!.*vita_module)',)"`).
 """
 
 import dataclasses
@@ -31,6 +34,11 @@ from configs import common
 from configs import input_recipes
 from visjax.models.backbones import swin
 from visjax.models.vita import model as vita_model
+
+
+# MODEL.VITA.FREEZE_DETECTOR (vita_model.py): every parameter whose name lacks 'vita_module' gets
+# requires_grad_(False); visjax's parameter paths ('sem_seg_head/predictor/...') keep that name.
+FREEZE_DETECTOR = (r'^(?!.*vita_module)',)
 
 
 def loss_config() -> ml_collections.ConfigDict:
@@ -58,11 +66,13 @@ def tracker_config() -> ml_collections.ConfigDict:
   t.topk = 10
   t.run_chunk_size = 18  # VITA.TEST_RUN_CHUNK_SIZE: frames per backbone / frame-decoder pass
   t.interpolate_chunk_size = 5  # VITA.TEST_INTERPOLATE_CHUNK_SIZE: frames per mask upsampling pass
+  t.mask_features_dtype = 'float32'  # host copy of every frame's mask features; 'bfloat16' halves it
   return t
 
 
-def vita_config(num_classes: int) -> ml_collections.ConfigDict:
-  """The official VITA R-50 YouTube-VIS 2019 recipe with `num_classes` classes (other datasets override)."""
+def vita_config(num_classes: int, *, freeze_detector: bool = False) -> ml_collections.ConfigDict:
+  """The official VITA R-50 YouTube-VIS 2019 recipe with `num_classes` classes (other datasets override);
+  `freeze_detector` trains the VITA module only (`FREEZE_DETECTOR`, official default False)."""
   c = common.base_config()
   c.method = 'vita'
   c.dataset.num_classes = num_classes
@@ -85,12 +95,13 @@ def vita_config(num_classes: int) -> ml_collections.ConfigDict:
   c.train.backbone_lr_mult = 0.1
   c.train.weight_decay = 0.05
   # Mask2Former's build_optimizer: no decay on norm layers, nn.Embedding weights and Swin's bias tables.
-  c.train.no_weight_decay = (r'norm\d*\.(scale|bias)$', r'\.embedding$', r'relative_position_bias_table$')
+  c.train.no_weight_decay = (r'norm\d*/(scale|bias)$', r'/embedding$', r'relative_position_bias_table$')
   c.train.lr_steps = (75000,)
   c.train.lr_gamma = 0.1
   c.train.warmup_steps = 10
   c.train.warmup_factor = 1.0
   c.train.clip_grad_norm = 0.01  # CLIP_TYPE full_model, L2
+  c.train.frozen = FREEZE_DETECTOR if freeze_detector else ()
   c.train.checkpoint_every = 5000
   c.init_from = ''  # official: vita_r50_coco.pth (the whole VITA pretrained on COCO pseudo-videos)
   return c

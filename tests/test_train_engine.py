@@ -104,15 +104,18 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
   assert [r['step'] for r in train_toy.read_log(workdir)] == [1, 2]
 
 
-def test_grad_accum_update_is_the_mean_of_microbatch_gradients():
+@pytest.mark.parametrize('frozen', [(), (r'^backbone/',)])
+def test_grad_accum_update_is_the_mean_of_microbatch_gradients(frozen):
   """2 microbatches: the update equals the optimizer applied to the mean of the two microbatch gradients (each
-  with its own rng, microbatch k = examples k, k + 2, ...), computed here independently of the step."""
+  with its own rng, microbatch k = examples k, k + 2, ...), computed here independently of the step. With
+  `train.frozen` the frozen leaves are bitwise unchanged and absent from the optimizer state, and the gradient norm
+  and clipping cover the trainable leaves only (official `requires_grad_(False)`)."""
   import jax  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   from visjax.models import registry  # pylint: disable=g-import-not-at-top
   from visjax.train import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  config = _config(num_steps=1, grad_accum=2)
+  config = _config(num_steps=1, grad_accum=2, frozen=frozen)
   method = registry.get_method(config)
   mesh = mesh_lib.create_mesh(config)
   host_batch = next(train_toy.make_train_iterator(config))
@@ -132,14 +135,62 @@ def test_grad_accum_update_is_the_mean_of_microbatch_gradients():
   grads = [jax.grad(loss)(params, {k: v[i::2] for k, v in host_batch.items()}, jax.random.fold_in(rng, i))
            for i in range(2)]
   mean = jax.tree.map(lambda a, b: (a + b) / 2, *grads)
+  trained = {'head'} | (set() if frozen else {'backbone'})
+  mean = {k: v for k, v in mean.items() if k in trained}
+  trainable = {k: v for k, v in params.items() if k in trained}
+  # Adam moments (mu, nu) exist for the trainable leaves only.
+  moments = [mesh_lib.path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(new_state['opt_state'])
+             if '/mu/' in mesh_lib.path_str(p) or '/nu/' in mesh_lib.path_str(p)]
+  assert len(moments) == 2 * len(jax.tree.leaves(trainable)), moments
+  assert all(any(f'/{name}/' in m for name in trained) for m in moments), moments
   # The gradient itself (Adam's update is nearly invariant to its scale, so the norm checks mean vs sum).
   assert float(metrics['grad_norm']) == pytest.approx(float(optax.global_norm(mean)), rel=1e-5)
-  updates, _ = setup.tx.update(mean, opt_state, params)
-  want = optax.apply_updates(params, updates)
+  updates, _ = setup.tx.update(mean, opt_state, trainable)
+  want = dict(params, **optax.apply_updates(trainable, updates))
   for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-7, err_msg=str(path))
-  moved = [not np.allclose(g, p) for g, p in zip(jax.tree.leaves(got), jax.tree.leaves(params))]
-  assert all(moved), 'every parameter is updated'
+  for name in params:
+    for g, p in zip(jax.tree.leaves(got[name]), jax.tree.leaves(params[name])):
+      if name in trained:
+        assert not np.allclose(g, p), f'{name} is updated'
+      else:
+        np.testing.assert_array_equal(g, p, err_msg=f'frozen {name} changed')
+
+
+def test_frozen_parameters_survive_checkpoint_and_resume(tmp_path):
+  """A frozen run stopped at step 2 and resumed (checkpointed optimizer state without the frozen leaves) gives
+  the uninterrupted run's losses, and its frozen parameters stay bitwise at their initial values."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from visjax.models import registry  # pylint: disable=g-import-not-at-top
+  from visjax.train import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  frozen = dict(num_steps=4, checkpoint_every=2, frozen=(r'^backbone/',))
+  straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
+  trainer.train(_config(**frozen), straight)
+  trainer.train(_config(**dict(frozen, num_steps=2)), resumed)
+  trainer.train(_config(**frozen), resumed)
+  _assert_same_losses(train_toy.read_log(resumed), train_toy.read_log(straight))
+  config = _config(**frozen)
+  mesh = mesh_lib.create_mesh(config)
+  with jax.set_mesh(mesh):
+    setup = trainer.build_setup(config, registry.get_method(config), mesh)
+    init = jax.device_get(setup.init_fn()['params'])
+    checkpointer = ckpt_lib.Checkpointer(os.path.join(resumed, 'checkpoints'))
+    state, _ = checkpointer.restore(4, setup.abstract_state)
+    checkpointer.close()
+  final = jax.device_get(state['params'])
+  for g, p in zip(jax.tree.leaves(final['backbone']), jax.tree.leaves(init['backbone'])):
+    np.testing.assert_array_equal(g, p)
+  assert not np.allclose(final['head']['kernel'], init['head']['kernel'])
+  assert 'backbone' not in state['opt_state'][1].mu
+
+
+@pytest.mark.parametrize('frozen,match', [((r'^nothing/',), 'matches no parameter'),
+                                          ((r'.',), 'freezes every parameter')])
+def test_bad_frozen_regex_is_an_error(frozen, match):
+  from visjax.train import optim  # pylint: disable=g-import-not-at-top
+  params = {'backbone': {'kernel': np.zeros(2)}, 'head': {'kernel': np.zeros(2)}}
+  with pytest.raises(ValueError, match=f'config.train.frozen.*{match}'):
+    optim.split_frozen(params, _config(frozen=frozen))
 
 
 def _toy_gt(config) -> dict:

@@ -64,23 +64,26 @@ def test_adamw_matches_torch_semantics(clip):
                      'norm': rng.normal(size=(2,)).astype(np.float32)},
             'frozen': {'w': rng.normal(size=(2,)).astype(np.float32)}}
   grads_seq = [jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32), params) for _ in range(5)]
-  tx = optim.make_optimizer(config, params)
-  state = tx.init(params)
-  p = jax.tree.map(jnp.asarray, params)
+  # Frozen leaves (`requires_grad=False`) are left out of the optimizer, its state and the clipping norm.
+  trainable, frozen = optim.split_frozen(params, config)
+  assert list(frozen) == ['frozen']
+  tx = optim.make_optimizer(config, trainable)
+  state = tx.init(trainable)
+  p = jax.tree.map(jnp.asarray, trainable)
   for g in grads_seq:
-    updates, state = tx.update(g, state, p)
+    updates, state = tx.update(optim.split_frozen(g, config)[0], state, p)
     p = jax.tree.map(lambda a, u: a + u, p, updates)
 
   flat = lambda tree: {mesh_lib.path_str(k): v for k, v in jax.tree_util.tree_leaves_with_path(tree)}
-  names = list(flat(params))
-  mults = {'backbone/conv': 0.1, 'head/kernel': 1.0, 'head/norm': 1.0, 'frozen/w': 0.0}
-  decays = {'backbone/conv': 0.005, 'head/kernel': 0.01, 'head/norm': 0.0, 'frozen/w': 0.0}
+  names = list(flat(trainable))
+  mults = {'backbone/conv': 0.1, 'head/kernel': 1.0, 'head/norm': 1.0}
+  decays = {'backbone/conv': 0.005, 'head/kernel': 0.01, 'head/norm': 0.0}
   assert sorted(names) == sorted(mults)
   lr_fn = lambda i: optim.schedule_value_np(i, 0.1, warmup_steps=2, warmup_factor=0.5, lr_steps=(3,),
                                             lr_gamma=0.1)
-  want = _numpy_adamw(flat(params), [flat(g) for g in grads_seq], lr_fn=lr_fn, mults=mults, decays=decays,
-                      clip=clip)
-  got = flat(p)
+  want = _numpy_adamw(flat(trainable), [flat(optim.split_frozen(g, config)[0]) for g in grads_seq], lr_fn=lr_fn,
+                      mults=mults, decays=decays, clip=clip)
+  got = flat(optim.merge_frozen(p, frozen))
   for k in names:
     rel = np.linalg.norm(np.asarray(got[k], np.float64) - want[k]) / np.linalg.norm(want[k])
     assert rel < 1e-5, (k, rel)

@@ -87,13 +87,37 @@ def test_module_train_mode(module_pair):
 
 def test_shifted_window_mask_groups():
   """T=5, W=6: rolled by 3, frames {3, 4} and {0, 1, 2} form two groups; the padded frame is blocked."""
-  bias = vita_model.shifted_window_bias(5, 6, 1)[0]
+  bias = np.asarray(vita_model.shifted_window_bias(jnp.arange(6) < 5, 6, 1))[0]
   blocked = bias < 0
   # Rolled order: [3, 4, pad, 0, 1, 2]; the pad is at rolled index 2.
   assert not blocked[0, 1] and not blocked[3, 5]
   assert blocked[0, 3] and blocked[4, 1]
   assert blocked[2].all() and blocked[:, 2].all()
   assert set(np.unique(bias)) == {0., -1000.}
+
+
+@pytest.mark.parametrize('window', [6, 0])
+@pytest.mark.parametrize('num_frames', [5, 8, 14])
+def test_module_bucketed_frames_match_unpadded(module_pair, num_frames, window):
+  """Inference padded to a bucket (`inference.video_bucket`, and 4 windows more) with `num_frames` traced: every
+  output of the real frames equals the unpadded run (which matches the torch reference above)."""
+  from visjax.models.vita import inference  # pylint: disable=g-import-not-at-top
+  _, model = module_pair
+  model.window_size = window
+  try:
+    fq = jnp.asarray(np.random.default_rng(num_frames).normal(size=(1, 1, num_frames, FQ, C)).astype(np.float32))
+    graphdef, state = nnx.split(model)
+    run = jax.jit(lambda s, x, n: nnx.merge(graphdef, s)(x, num_frames=n, intermediates=True))
+    want = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x, intermediates=True))(state, fq)
+    bucket = inference.video_bucket(num_frames, window)
+    assert bucket >= num_frames and bucket % max(window, 1) == 0
+    for length in (bucket, bucket + 4 * max(window, 1)):
+      got = run(state, jnp.pad(fq, ((0, 0), (0, 0), (0, length - num_frames), (0, 0), (0, 0))), num_frames)
+      for key, value in want.items():
+        g = got[key][..., :num_frames, :, :] if key in ('pred_fq_embed', 'encoder') else got[key]
+        assert rel_err(np.asarray(g), np.asarray(value)) <= 1e-5, (key, length)
+  finally:
+    model.window_size = MODULE['enc_window_size']
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ matching rule wins, so put specific rules before general ones.
 
 Transforms are plain functions `np.ndarray -> np.ndarray` (or a tuple of arrays, one per target):
 `conv_kernel` (OIHW -> HWIO), `linear_kernel` (transpose), `split(n)` / `chunks(n, each)` (fused q/k/v),
-`chain(...)` and `reshape(...)` compose them. Heads write their own tables in their own files
+`chain(...)` and `reshape(...)` compose them. `linear_rules`, `conv_rules` and `norm_rules` map a module's
+weight / bias. Heads write their own tables in their own files
 (e.g. `visjax/convert/rules_idol.py`) from these pieces and the backbone tables in `backbone_rules.py`.
 """
 
@@ -170,6 +171,28 @@ def prefixed(torch_prefix: str, nnx_prefix: str) -> tuple[str, str]:
   np_ = nnx_prefix if not nnx_prefix or nnx_prefix.endswith('.') else nnx_prefix + '.'
   return re.escape(tp), np_.replace('\\', '\\\\')
 
+
+
+def linear_rules(t: str, n: str, module: str, target: str = r'\g<m>') -> list[Rule]:
+  """nn.Linear `{t}{module}.weight/bias` -> `{n}{target}.kernel/bias` (weight transposed).
+
+  `t` / `n` come from `prefixed`; `module` is a regex (matched as group `m`, so `target` may use `\\g<m>` and any
+  group of `module`).
+  """
+  return [Rule(rf'{t}(?P<m>{module})\.weight', rf'{n}{target}.kernel', linear_kernel),
+          Rule(rf'{t}(?P<m>{module})\.bias', rf'{n}{target}.bias')]
+
+
+def conv_rules(t: str, n: str, module: str, target: str = r'\g<m>') -> list[Rule]:
+  """nn.Conv2d `{t}{module}.weight/bias` -> `{n}{target}.kernel/bias` (OIHW -> HWIO); as `linear_rules`."""
+  return [Rule(rf'{t}(?P<m>{module})\.weight', rf'{n}{target}.kernel', conv_kernel),
+          Rule(rf'{t}(?P<m>{module})\.bias', rf'{n}{target}.bias')]
+
+
+def norm_rules(t: str, n: str, module: str, target: str = r'\g<m>') -> list[Rule]:
+  """LayerNorm / GroupNorm `{t}{module}.weight/bias` -> `{n}{target}.scale/bias`; as `linear_rules`."""
+  return [Rule(rf'{t}(?P<m>{module})\.weight', rf'{n}{target}.scale'),
+          Rule(rf'{t}(?P<m>{module})\.bias', rf'{n}{target}.bias')]
 
 # Keys every official checkpoint family may carry that no model variable corresponds to: BatchNorm step counters
 # and the loss modules' persistent buffers (`criterion.empty_weight`, `vita_criterion.empty_weight`).

@@ -28,25 +28,11 @@ it as `allow_missing` to `visjax.convert.convert` so they stay at their init and
 """
 
 from visjax.convert.backbone_rules import resnet_tv_rules
-from visjax.convert.rules import COMMON_DROPS, Rule, RuleTable, conv_kernel, linear_kernel, prefixed, reshape
+from visjax.convert.rules import (COMMON_DROPS, Rule, RuleTable, conv_kernel, conv_rules, linear_rules, norm_rules,
+                                  prefixed, reshape)
 
 CONDINST_INIT_MISSING = (r'bbox_head\.id_convs\..*', r'bbox_head\.conv_id\..*', r'encoder_projector\..*',
                          r'backbone_projector\..*', r'lstt\..*')
-
-
-def _conv(t: str, n: str, module: str) -> list[Rule]:
-  return [Rule(rf'{t}(?P<m>{module})\.weight', rf'{n}\g<m>.kernel', conv_kernel),
-          Rule(rf'{t}(?P<m>{module})\.bias', rf'{n}\g<m>.bias')]
-
-
-def _linear(t: str, n: str, module: str, target: str = r'\g<m>') -> list[Rule]:
-  return [Rule(rf'{t}(?P<m>{module})\.weight', rf'{n}{target}.kernel', linear_kernel),
-          Rule(rf'{t}(?P<m>{module})\.bias', rf'{n}{target}.bias')]
-
-
-def _norm(t: str, src: str, n: str, dst: str) -> list[Rule]:
-  """GroupNorm / LayerNorm at torch `{src}` (a regex with groups) -> NNX `{dst}` (`weight` -> `scale`)."""
-  return [Rule(rf'{t}{src}\.weight', rf'{n}{dst}.scale'), Rule(rf'{t}{src}\.bias', rf'{n}{dst}.bias')]
 
 
 def _bn(t: str, src: str, n: str, dst: str) -> list[Rule]:
@@ -57,7 +43,7 @@ def _bn(t: str, src: str, n: str, dst: str) -> list[Rule]:
 def fpn_rules(torch_prefix: str = 'neck.', nnx_prefix: str = 'neck.') -> RuleTable:
   """mmdet `FPN` (`visjax.models.necks.fpn.FPN`)."""
   t, n = prefixed(torch_prefix, nnx_prefix)
-  return RuleTable(_conv(t, n, r'(?:lateral|fpn)_convs\.\d+\.conv'))
+  return RuleTable(conv_rules(t, n, r'(?:lateral|fpn)_convs\.\d+\.conv'))
 
 
 def head_rules(torch_prefix: str = 'bbox_head.', nnx_prefix: str = 'bbox_head.') -> RuleTable:
@@ -65,13 +51,13 @@ def head_rules(torch_prefix: str = 'bbox_head.', nnx_prefix: str = 'bbox_head.')
   t, n = prefixed(torch_prefix, nnx_prefix)
   tower = r'(?P<tw>(?:cls|reg|id)_convs\.\d+)'
   rules = [Rule(rf'{t}{tower}\.conv\.weight', rf'{n}\g<tw>.conv.kernel', conv_kernel)]
-  rules += _norm(t, rf'{tower}\.gn', n, r'\g<tw>.norm')
-  rules += _conv(t, n, r'conv_cls|conv_id|conv_reg|conv_centerness|controller')
+  rules += norm_rules(t, n, rf'{tower}\.gn', r'\g<tw>.norm')
+  rules += conv_rules(t, n, r'conv_cls|conv_id|conv_reg|conv_centerness|controller')
   rules += [Rule(rf'{t}(?P<s>scales\.\d+\.scale)', rf'{n}\g<s>')]
   block = r'(?P<b>mask_refine\.\d+|mask_head\.\d+)'
   rules += [Rule(rf'{t}{block}\.0\.weight', rf'{n}\g<b>.conv.kernel', conv_kernel)]
   rules += _bn(t, rf'{block}\.1', n, r'\g<b>.norm')
-  rules += _conv(t, n, r'mask_head\.\d+')  # the final 1x1 conv (`mask_head.{stacked_convs}`)
+  rules += conv_rules(t, n, r'mask_head\.\d+')  # the final 1x1 conv (`mask_head.{stacked_convs}`)
   return RuleTable(rules)
 
 
@@ -79,14 +65,14 @@ def lstt_rules(torch_prefix: str = 'lstt.', nnx_prefix: str = 'lstt.') -> RuleTa
   """`LSTTBlock` (`visjax.models.iai.lstt.LSTTBlock`)."""
   t, n = prefixed(torch_prefix, nnx_prefix)
   layer = r'LSTT\.layers\.\d+'
-  rules = _conv(t, n, r'patch_wise_id_bank')
+  rules = conv_rules(t, n, r'patch_wise_id_bank')
   for src, dst in (('linear_Q', 'q_proj'), ('linear_K', 'k_proj'), ('linear_V', 'v_proj'), ('projection', 'out_proj')):
-    rules += _linear(t, n, rf'(?P<l>{layer})\.self_attn\.{src}', rf'\g<l>.self_attn.{dst}')
-  rules += _linear(t, n, rf'{layer}\.(?:linear_Q|linear_V|linear1|linear2|long_term_attn\.projection|'
+    rules += linear_rules(t, n, rf'(?P<l>{layer})\.self_attn\.{src}', rf'\g<l>.self_attn.{dst}')
+  rules += linear_rules(t, n, rf'{layer}\.(?:linear_Q|linear_V|linear1|linear2|long_term_attn\.projection|'
                          rf'short_term_attn\.fc)')
-  rules += _conv(t, n, rf'{layer}\.short_term_attn\.relative_emb')
+  rules += conv_rules(t, n, rf'{layer}\.short_term_attn\.relative_emb')
   rules += [Rule(rf'{t}(?P<m>{layer}\.short_term_attn\.V_bias)', rf'{n}\g<m>')]
-  rules += _norm(t, rf'(?P<m>{layer}\.norm[123]|LSTT\.decoder_norms\.\d+|{layer}\.activation\.gn)', n, r'\g<m>')
+  rules += norm_rules(t, n, rf'{layer}\.norm[123]|LSTT\.decoder_norms\.\d+|{layer}\.activation\.gn')
   rules += [Rule(rf'{t}(?P<m>{layer}\.activation\.GCT\.(?:alpha|gamma|beta))', rf'{n}\g<m>', reshape(-1))]
   rules += [Rule(rf'{t}(?P<m>{layer}\.activation\.conv)\.weight', rf'{n}\g<m>.kernel', conv_kernel)]
   return RuleTable(rules)
@@ -95,4 +81,4 @@ def lstt_rules(torch_prefix: str = 'lstt.', nnx_prefix: str = 'lstt.') -> RuleTa
 def iai_rules() -> RuleTable:
   """The full IAI table (module docstring); also reads plain CondInst checkpoints (with `CONDINST_INIT_MISSING`)."""
   return (resnet_tv_rules('backbone.', 'backbone') + fpn_rules() + head_rules() + lstt_rules()
-          + RuleTable(_conv('', '', r'encoder_projector|backbone_projector')) + COMMON_DROPS)
+          + RuleTable(conv_rules('', '', r'encoder_projector|backbone_projector')) + COMMON_DROPS)

@@ -26,24 +26,8 @@ self-attention's fused `in_proj_weight [3C, C]` / `in_proj_bias [3C]` split into
 import ml_collections
 
 from visjax.convert.backbone_rules import resnet_d2_rules, swin_rules
-from visjax.convert.rules import Rule, RuleTable, chunks, conv_kernel, duplicate, identity, linear_kernel, prefixed
-
-
-def _linear(t: str, n: str, module: str) -> list[Rule]:
-  """`{t}{module}.weight/bias` -> `{n}{module}.kernel/bias` for a regex `module` with groups usable as `\\g<m>`."""
-  return [Rule(rf'{t}(?P<m>{module})\.weight', rf'{n}\g<m>.kernel', linear_kernel),
-          Rule(rf'{t}(?P<m>{module})\.bias', rf'{n}\g<m>.bias')]
-
-
-def _norm(t: str, n: str, module: str) -> list[Rule]:
-  """LayerNorm / GroupNorm: torch `weight` -> NNX `scale`."""
-  return [Rule(rf'{t}(?P<m>{module})\.weight', rf'{n}\g<m>.scale'),
-          Rule(rf'{t}(?P<m>{module})\.bias', rf'{n}\g<m>.bias')]
-
-
-def _conv(t: str, n: str, module: str) -> list[Rule]:
-  return [Rule(rf'{t}(?P<m>{module})\.weight', rf'{n}\g<m>.kernel', conv_kernel),
-          Rule(rf'{t}(?P<m>{module})\.bias', rf'{n}\g<m>.bias')]
+from visjax.convert.rules import (Rule, RuleTable, chunks, conv_kernel, conv_rules, duplicate, identity, linear_kernel,
+                                  linear_rules, norm_rules, prefixed)
 
 
 def deformable_transformer_rules(torch_prefix: str = 'transformer.', nnx_prefix: str = 'transformer.') -> RuleTable:
@@ -53,10 +37,10 @@ def deformable_transformer_rules(torch_prefix: str = 'transformer.', nnx_prefix:
   enc = r'encoder\.layers\.\d+\.'
   dec = r'decoder\.layers\.\d+\.'
   rules = [Rule(rf'{t}level_embed', rf'{n}level_embed')]
-  rules += _linear(t, n, 'reference_points')
-  rules += _linear(t, n, rf'{enc}self_attn\.{msda}|{enc}linear[12]|{dec}cross_attn\.{msda}|{dec}linear[12]')
-  rules += _linear(t, n, rf'{dec}self_attn\.out_proj')
-  rules += _norm(t, n, rf'{enc}norm[12]|{dec}norm[123]')
+  rules += linear_rules(t, n, 'reference_points')
+  rules += linear_rules(t, n, rf'{enc}self_attn\.{msda}|{enc}linear[12]|{dec}cross_attn\.{msda}|{dec}linear[12]')
+  rules += linear_rules(t, n, rf'{dec}self_attn\.out_proj')
+  rules += norm_rules(t, n, rf'{enc}norm[12]|{dec}norm[123]')
   rules += [
       Rule(rf'{t}(?P<m>{dec}self_attn)\.in_proj_weight',
            (rf'{n}\g<m>.q_proj.kernel', rf'{n}\g<m>.k_proj.kernel', rf'{n}\g<m>.v_proj.kernel'),
@@ -97,7 +81,7 @@ def idol_rules(model_config: ml_collections.ConfigDict | None = None) -> RuleTab
            + deformable_transformer_rules('detr.detr.transformer.', 'transformer')
            + [duplicate(r'detr\.detr\.transformer\.decoder\.bbox_embed\.(.*)', r'detr.detr.bbox_embed.\1'),
               Rule(r'detr\.detr\.query_embed\.weight', 'query_embed.embedding', identity)]
-           + _linear('detr\\.detr\\.', '', r'(?:class_embed\.\d+|bbox_embed\.\d+\.layers\.\d+)')
-           + _linear('detr\\.', '', r'(?:controller|reid_embed_head)\.layers\.\d+')
-           + _conv('detr\\.', '', r'mask_head\.(?:lay[1-4]|dcn)'))
+           + linear_rules('detr\\.detr\\.', '', r'(?:class_embed\.\d+|bbox_embed\.\d+\.layers\.\d+)')
+           + linear_rules('detr\\.', '', r'(?:controller|reid_embed_head)\.layers\.\d+')
+           + conv_rules('detr\\.', '', r'mask_head\.(?:lay[1-4]|dcn)'))
   return RuleTable(rules)

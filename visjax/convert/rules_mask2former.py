@@ -14,8 +14,9 @@ method built on it (VITA; plain Mask2Former instance-segmentation checkpoints).
                                                       official `_load_from_state_dict` of version-1 checkpoints)
 """
 
-from visjax.convert.rules import Rule, RuleTable, chunks, conv_kernel, identity, linear_kernel, prefixed
-from visjax.convert.rules_idol import _linear, _norm, deformable_transformer_rules, input_proj_rules
+from visjax.convert.rules import (Rule, RuleTable, chunks, conv_kernel, conv_rules, identity, linear_kernel,
+                                  linear_rules, norm_rules, prefixed)
+from visjax.convert.rules_idol import deformable_transformer_rules, input_proj_rules
 
 
 def attention_layer_rules(t: str, n: str, layers: str) -> list[Rule]:
@@ -32,8 +33,8 @@ def attention_layer_rules(t: str, n: str, layers: str) -> list[Rule]:
                 chunks(3, linear_kernel)),
            Rule(rf'{t}(?P<m>{attn})\.in_proj_bias',
                 (rf'{n}\g<m>.q_proj.bias', rf'{n}\g<m>.k_proj.bias', rf'{n}\g<m>.v_proj.bias'), chunks(3))]
-          + _linear(t, n, rf'{attn}\.out_proj|(?:{layers})\.linear[12]')
-          + _norm(t, n, rf'(?:{layers})\.norm'))
+          + linear_rules(t, n, rf'{attn}\.out_proj|(?:{layers})\.linear[12]')
+          + norm_rules(t, n, rf'(?:{layers})\.norm'))
 
 
 def pixel_decoder_rules(torch_prefix: str = 'sem_seg_head.pixel_decoder.',
@@ -43,11 +44,8 @@ def pixel_decoder_rules(torch_prefix: str = 'sem_seg_head.pixel_decoder.',
   fpn = r'(?:adapter|layer)_\d+'
   return (input_proj_rules(torch_prefix + 'input_proj.', nnx_prefix + 'input_proj.')
           + deformable_transformer_rules(torch_prefix + 'transformer.', nnx_prefix + 'transformer.')
-          + [Rule(rf'{t}(?P<m>{fpn})\.weight', rf'{n}\g<m>.conv.kernel', conv_kernel),
-             Rule(rf'{t}(?P<m>{fpn})\.norm\.weight', rf'{n}\g<m>.norm.scale'),
-             Rule(rf'{t}(?P<m>{fpn})\.norm\.bias', rf'{n}\g<m>.norm.bias'),
-             Rule(rf'{t}mask_features\.weight', rf'{n}mask_features.kernel', conv_kernel),
-             Rule(rf'{t}mask_features\.bias', rf'{n}mask_features.bias')])
+          + [Rule(rf'{t}(?P<m>{fpn})\.weight', rf'{n}\g<m>.conv.kernel', conv_kernel)]
+          + norm_rules(t, n, rf'{fpn}\.norm') + conv_rules(t, n, 'mask_features'))
 
 
 def predictor_rules(torch_prefix: str = 'sem_seg_head.predictor.',
@@ -56,8 +54,8 @@ def predictor_rules(torch_prefix: str = 'sem_seg_head.predictor.',
   t, n = prefixed(torch_prefix, nnx_prefix)
   return RuleTable(
       attention_layer_rules(t, n, r'transformer_(?:self|cross)_attention_layers\.\d+|transformer_ffn_layers\.\d+')
-      + _norm(t, n, 'decoder_norm')
-      + _linear(t, n, r'class_embed|mask_embed\.layers\.\d+')
+      + norm_rules(t, n, 'decoder_norm')
+      + linear_rules(t, n, r'class_embed|mask_embed\.layers\.\d+')
       + [Rule(rf'{t}(query_feat|query_embed|level_embed)\.weight', rf'{n}\1.embedding', identity),
          Rule(rf'{t}static_query\.weight', rf'{n}query_feat.embedding', identity)])
 

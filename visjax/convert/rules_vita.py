@@ -30,8 +30,7 @@ from flax import nnx
 
 from visjax.convert import torch_ckpt
 from visjax.convert.backbone_rules import resnet_d2_rules, swin_rules
-from visjax.convert.rules import COMMON_DROPS, Rule, RuleTable, conv_kernel, identity, prefixed
-from visjax.convert.rules_idol import _linear, _norm
+from visjax.convert.rules import COMMON_DROPS, Rule, RuleTable, conv_rules, identity, linear_rules, norm_rules, prefixed
 from visjax.convert.rules_mask2former import attention_layer_rules, mask_former_head_rules
 from visjax.convert.strict import ConversionReport, convert
 
@@ -55,11 +54,10 @@ def vita_module_rules(torch_prefix: str = 'vita_module.', nnx_prefix: str = 'vit
             r'|transformer_ffn_layers\.\d+')
   return RuleTable(
       attention_layer_rules(t, n, layers)
-      + _norm(t, n, 'decoder_norm')
-      + _linear(t, n, r'input_proj_dec|class_embed|mask_embed\.layers\.\d+|sim_embed_frame|sim_embed_clip')
-      + [Rule(rf'{t}(query_feat|query_embed|fq_pos)\.weight', rf'{n}\1.embedding', identity),
-         Rule(rf'{t}vita_mask_features\.weight', rf'{n}vita_mask_features.kernel', conv_kernel),
-         Rule(rf'{t}vita_mask_features\.bias', rf'{n}vita_mask_features.bias')])
+      + norm_rules(t, n, 'decoder_norm')
+      + linear_rules(t, n, r'input_proj_dec|class_embed|mask_embed\.layers\.\d+|sim_embed_frame|sim_embed_clip')
+      + [Rule(rf'{t}(query_feat|query_embed|fq_pos)\.weight', rf'{n}\1.embedding', identity)]
+      + conv_rules(t, n, 'vita_mask_features'))
 
 
 def vita_rules(model_config: ml_collections.ConfigDict) -> RuleTable:

@@ -4,7 +4,9 @@ The originals (detectron2 `build_optimizer` in IDOL/VITA/VISOLO) use torch AdamW
   * lr × `train.backbone_lr_mult` for parameters whose name contains 'backbone';
   * weight decay `train.weight_decay` on every parameter, except those matching `train.no_weight_decay`
     regexes (VITA: norms, embeddings, relative position tables), and × `train.backbone_wd_mult` on the backbone;
-  * parameters matching `train.frozen` regexes are not updated (lr 0, decay 0);
+  * parameters matching `train.frozen` regexes have `requires_grad=False`: they are not in the optimizer (no
+    Adam state, no decay) and not clipped; `split_frozen` / `merge_frozen` separate them, the train step
+    differentiates and updates only the trainable part;
   * full-model gradient L2 clipping at `train.clip_grad_norm` (≤ 0: off), applied to the raw gradients;
   * `WarmupMultiStepLR`: linear warmup from `warmup_factor` over `warmup_steps`, × `lr_gamma` at each of `lr_steps`.
 torch AdamW applies decay as p ← p − lr·wd·p, i.e. decay scaled by the group's lr, which this reproduces.
@@ -14,6 +16,7 @@ import bisect
 import re
 from typing import Any, NamedTuple, Sequence
 
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -64,22 +67,48 @@ def schedule_from_config(config: ml_collections.ConfigDict) -> optax.Schedule:
                                    lr_steps=tuple(t.lr_steps), lr_gamma=t.lr_gamma)
 
 
+def split_frozen(params: dict, config: ml_collections.ConfigDict) -> tuple[dict, dict]:
+  """(trainable, frozen): the leaves of the nested dict `params` whose path ('a/b/0/c', `mesh.path_str`) matches
+  no / some `config.train.frozen` regex, each a nested dict of the same layout (frozen `{}` when none match).
+
+  Raises:
+    ValueError naming `config.train.frozen` when a regex matches no parameter or every parameter is frozen.
+  """
+  patterns = tuple(config.train.get('frozen', ()))
+  flat = traverse_util.flatten_dict(params, keep_empty_nodes=True)
+  name = lambda key: '/'.join(str(k) for k in key)
+  names = {key: name(key) for key, value in flat.items() if value is not traverse_util.empty_node}
+  regexes = [re.compile(r) for r in patterns]
+  for text, regex in zip(patterns, regexes):
+    if not any(regex.search(n) for n in names.values()):
+      raise ValueError(f'config.train.frozen regex {text!r} matches no parameter (paths look like '
+                       f'{next(iter(names.values()), "")!r}).')
+  frozen_keys = {key for key, n in names.items() if any(r.search(n) for r in regexes)}
+  if names and len(frozen_keys) == len(names):
+    raise ValueError(f'config.train.frozen={patterns!r} freezes every parameter: nothing to train.')
+  trainable = traverse_util.unflatten_dict({k: v for k, v in flat.items() if k not in frozen_keys})
+  frozen = traverse_util.unflatten_dict({k: v for k, v in flat.items() if k in frozen_keys})
+  return trainable, frozen
+
+
+def merge_frozen(trainable: dict, frozen: dict) -> dict:
+  """Inverse of `split_frozen`: the full nested parameter dict."""
+  flat = lambda tree: traverse_util.flatten_dict(tree, keep_empty_nodes=True)
+  return traverse_util.unflatten_dict({**flat(trainable), **flat(frozen)})
+
+
 def param_multipliers(params: Any, config: ml_collections.ConfigDict) -> tuple[Any, Any]:
   """Per-leaf (lr multiplier, weight decay) trees for `params` (a pytree of arrays) from the config rules."""
   t = config.train
   no_wd = [re.compile(r) for r in t.get('no_weight_decay', ())]
-  frozen = [re.compile(r) for r in t.get('frozen', ())]
   backbone_wd_mult = t.get('backbone_wd_mult', 1.0)
 
   def lr_mult(path, _):
-    name = mesh_lib.path_str(path)
-    if any(r.search(name) for r in frozen):
-      return 0.0
-    return t.backbone_lr_mult if 'backbone' in name else 1.0
+    return t.backbone_lr_mult if 'backbone' in mesh_lib.path_str(path) else 1.0
 
   def decay(path, _):
     name = mesh_lib.path_str(path)
-    if any(r.search(name) for r in frozen) or any(r.search(name) for r in no_wd):
+    if any(r.search(name) for r in no_wd):
       return 0.0
     return t.weight_decay * (backbone_wd_mult if 'backbone' in name else 1.0)
 
@@ -104,8 +133,6 @@ def _decay_and_scale(lr_mults: Any, decays: Any, schedule: optax.Schedule) -> op
     lr = schedule(state.count)
 
     def one(u, p, mult, wd):
-      if mult == 0.0:
-        return jnp.zeros_like(u)
       if wd:
         u = u + wd * p
       return (-lr * mult * u).astype(u.dtype)
@@ -117,7 +144,8 @@ def _decay_and_scale(lr_mults: Any, decays: Any, schedule: optax.Schedule) -> op
 
 
 def make_optimizer(config: ml_collections.ConfigDict, params: Any) -> optax.GradientTransformation:
-  """The training optimizer for `params` (pytree of arrays or ShapeDtypeStructs) from `config.train`.
+  """The training optimizer for the trainable `params` (pytree of arrays or ShapeDtypeStructs; frozen parameters
+  are left out, see `split_frozen`) from `config.train`.
 
   Torch AdamW defaults: betas (0.9, 0.999), eps 1e-8 (overridable by `train.adam_b1/b2/eps`).
   """

@@ -5,7 +5,11 @@ The train state is a plain pytree (pure dicts of arrays, so orbax and the shardi
   {'step': int32 [],                   number of completed updates
    'params': {...},                    nnx.Param leaves of the model, fp32
    'rest': {...},                      every other NNX variable (batch stats, rng counters, ...)
-   'opt_state': optax state}
+   'opt_state': optax state}          of the trainable parameters only
+
+Parameters matching `config.train.frozen` (`optim.split_frozen`) are official `requires_grad=False`: kept in
+`params` (checkpoints, eval and `init_from` see every parameter) but not differentiated, not in the optimizer state,
+not clipped and bitwise unchanged by the step.
 
 The step is `jax.jit(step, in_shardings, out_shardings, donate_argnums=0)` over `nnx.merge(graphdef, params, rest)`
 with the graphdef static. The per-step RNG is `fold_in(key(config.seed), step)`, so it is a function of the saved
@@ -73,11 +77,12 @@ def build_setup(config: ml_collections.ConfigDict, method: registry.Method,
     return method.build_model(nnx.Rngs(config.seed))
 
   graphdef, abs_params, _ = _split_model(nnx.eval_shape(make_model))
-  tx = optim.make_optimizer(config, abs_params)
+  tx = optim.make_optimizer(config, optim.split_frozen(abs_params, config)[0])
 
   def init():
     _, params, rest = _split_model(make_model())
-    return {'step': jnp.zeros((), jnp.int32), 'params': params, 'rest': rest, 'opt_state': tx.init(params)}
+    return {'step': jnp.zeros((), jnp.int32), 'params': params, 'rest': rest,
+            'opt_state': tx.init(optim.split_frozen(params, config)[0])}
 
   abstract = jax.eval_shape(init)
   sharding = mesh_lib.infer_sharding(abstract, mesh, [tuple(r) for r in config.mesh.get('fsdp_rules', ())])
@@ -99,15 +104,16 @@ def make_train_step(config: ml_collections.ConfigDict, method: registry.Method, 
                     mesh: jax.sharding.Mesh) -> Callable[[Any, dict], tuple[Any, dict]]:
   """The jitted `(state, batch) -> (state, metrics)`; state donated, batch sharded over 'data'.
 
-  metrics: {'loss', every loss term, 'grad_norm' (before clipping), 'lr'} as replicated scalars.
+  metrics: {'loss', every loss term, 'grad_norm' (trainable parameters, before clipping), 'lr'} as replicated
+  scalars. Only the trainable parameters (`optim.split_frozen`) are differentiated and updated.
   """
   graphdef, tx = setup.graphdef, setup.tx
   num_micro = int(config.train.grad_accum)
   schedule = optim.schedule_from_config(config)
   base_key = jax.random.key(config.seed)
 
-  def loss_with_aux(params, rest, batch, rng):
-    model = nnx.merge(graphdef, params, rest)
+  def loss_with_aux(trainable, frozen, rest, batch, rng):
+    model = nnx.merge(graphdef, optim.merge_frozen(trainable, frozen), rest)
     loss, terms = method.loss_fn(model, batch, rng=rng, train=True)
     _, _, new_rest = _split_model(model)
     return loss, (terms, new_rest)
@@ -116,19 +122,20 @@ def make_train_step(config: ml_collections.ConfigDict, method: registry.Method, 
 
   def step(state, batch):
     rng = jax.random.fold_in(base_key, state['step'])
-    params = state['params']
+    trainable, frozen = optim.split_frozen(state['params'], config)
     if num_micro == 1:
-      (loss, (terms, rest)), grads = grad_fn(params, state['rest'], batch, rng)
+      (loss, (terms, rest)), grads = grad_fn(trainable, frozen, state['rest'], batch, rng)
     else:
       micro = _microbatches(batch, num_micro)
       first = jax.tree.map(lambda x: x[0], micro)
-      (loss_shape, (terms_shape, _)), grads_shape = jax.eval_shape(grad_fn, params, state['rest'], first, rng)
+      (loss_shape, (terms_shape, _)), grads_shape = jax.eval_shape(grad_fn, trainable, frozen, state['rest'], first,
+                                                                   rng)
       zeros = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)
 
       def body(carry, xs):
         (acc_loss, (acc_terms, rest)), acc_grads = carry
         mb, index = xs
-        (l, (t, rest)), g = grad_fn(params, rest, mb, jax.random.fold_in(rng, index))
+        (l, (t, rest)), g = grad_fn(trainable, frozen, rest, mb, jax.random.fold_in(rng, index))
         add = lambda a, b: a + b
         return ((acc_loss + l, (jax.tree.map(add, acc_terms, t), rest)), jax.tree.map(add, acc_grads, g)), None
 
@@ -138,9 +145,9 @@ def make_train_step(config: ml_collections.ConfigDict, method: registry.Method, 
       loss = loss * scale
       terms = jax.tree.map(lambda x: x * scale, terms)
       grads = jax.tree.map(lambda x: x * scale, grads)
-    updates, opt_state = tx.update(grads, state['opt_state'], params)
-    new_state = {'step': state['step'] + 1, 'params': optax.apply_updates(params, updates), 'rest': rest,
-                 'opt_state': opt_state}
+    updates, opt_state = tx.update(grads, state['opt_state'], trainable)
+    new_params = optim.merge_frozen(optax.apply_updates(trainable, updates), frozen)
+    new_state = {'step': state['step'] + 1, 'params': new_params, 'rest': rest, 'opt_state': opt_state}
     metrics = {'loss': loss, **terms, 'grad_norm': optax.tree.norm(grads), 'lr': schedule(state['step'])}
     return new_state, metrics
 

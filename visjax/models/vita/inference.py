@@ -30,11 +30,16 @@ class InferenceSettings:
   topk: int
   run_chunk_size: int
   interpolate_chunk_size: int
+  mask_features_dtype: str  # 'float32' | 'bfloat16': the per-frame VITA mask features kept on the host until finish
 
 
 def inference_settings(section: ml_collections.ConfigDict | None) -> InferenceSettings:
   """`InferenceSettings` from `config.tracker`; every field is required."""
-  return settings.from_config(InferenceSettings, section, 'config.tracker')
+  s = settings.from_config(InferenceSettings, section, 'config.tracker')
+  if s.mask_features_dtype not in ('float32', 'bfloat16'):
+    raise ValueError(f"config.tracker.mask_features_dtype must be 'float32' or 'bfloat16', got "
+                     f'{s.mask_features_dtype!r}.')
+  return s
 
 
 class Detections(NamedTuple):
@@ -43,6 +48,14 @@ class Detections(NamedTuple):
   scores: np.ndarray
   labels: np.ndarray
   queries: np.ndarray
+
+
+def video_bucket(num_frames: int, window: int) -> int:
+  """The padded video length the VITA module runs at, so that few lengths are compiled: the window size times the
+  next power of two of the window count (`W = 0`: the next power of two of T). Padded frames change no output
+  (`VITAModule(..., num_frames=T)`)."""
+  units = -(-num_frames // window) if window else num_frames
+  return max(window, 1) * (1 << max(units - 1, 0).bit_length())
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

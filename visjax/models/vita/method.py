@@ -4,8 +4,11 @@
   frame-decoder layers) and both set criteria (`criterion.vita_loss`), with the `config.loss` settings read once.
 * `make_predictor` returns a `VITAPredictor`, offline as the official `Vita.inference`: `add_frames` runs the
   per-frame detector on `config.tracker.run_chunk_size` frames at a time (jitted once per padded size, the last
-  chunk zero-padded) and keeps each frame's last-layer frame queries and VITA mask features on the host; `finish`
-  runs the VITA module once over the whole video, takes the top-k (query, class) pairs and computes their masks
+  chunk zero-padded) and keeps each frame's last-layer frame queries and VITA mask features (in
+  `config.tracker.mask_features_dtype`: float32 as the official code, or bfloat16, half the host memory) on the
+  host; `finish`
+  runs the VITA module once over the whole video (zero-padded to `inference.video_bucket` frames, the padding
+  masked, so a few lengths are compiled), takes the top-k (query, class) pairs and computes their masks
   `interpolate_chunk_size` frames at a time on the device (`inference.chunk_masks_device`), encoding each frame's
   masks to RLE at once.
 * Tracks: one per selected query, `class_scores` = prob x mask score at the selected classes (0 elsewhere);
@@ -47,11 +50,12 @@ def _jitted_frames(graphdef: Any) -> Callable:
 
 @functools.lru_cache(maxsize=8)
 def _jitted_video(graphdef: Any) -> Callable:
-  """`(state, frame queries [T, fQ, C]) -> (class logits [cQ, K+1], mask embeddings [cQ, D])` of the last VITA
-  decoder layer (test mode: plain / shifted windows); compiled once per video length."""
+  """`(state, frame queries [Tb, fQ, C], num_frames) -> (class logits [cQ, K+1], mask embeddings [cQ, D])` of the
+  last VITA decoder layer (test mode: plain / shifted windows); the frames past `num_frames` are padding, so one
+  compile serves every video length of a bucket (`inference.video_bucket`)."""
 
-  def forward(state, frame_queries):
-    out = nnx.merge(graphdef, state).vita_module(frame_queries[None, None], train=False)
+  def forward(state, frame_queries, num_frames):
+    out = nnx.merge(graphdef, state).vita_module(frame_queries[None, None], train=False, num_frames=num_frames)
     return out['pred_logits'][-1, 0, 0], out['pred_mask_embed'][-1, 0, 0]
 
   return jax.jit(forward)
@@ -67,6 +71,7 @@ class VITAPredictor:
     self.settings = settings
     self.video = video
     self.num_classes = model.config.num_classes
+    self.window_size = model.config.vita.enc_window_size
     self.size_divisibility = model.config.size_divisibility
     self.frame_queries: list[np.ndarray] = []
     self.mask_features: list[np.ndarray] = []
@@ -88,19 +93,22 @@ class VITAPredictor:
       padded_sizes = np.concatenate([sizes, np.repeat(sizes[-1:], chunk - n, 0)])
       queries, features = self.frames_fn(jnp.asarray(images), jnp.asarray(padded_sizes))
       self.frame_queries.append(np.asarray(queries[:n]))
-      self.mask_features.append(np.asarray(features[:n]))
+      self.mask_features.append(np.asarray(features[:n].astype(self.settings.mask_features_dtype)))
       self.image_sizes.append(sizes)
     self.padded_size = tuple(preprocess.round_up(int(s), self.size_divisibility) for s in frames.shape[1:3])
 
   def finish(self) -> list[tracks_lib.Track]:
     predictor_lib.check_finished(self.video, self.seen, 'VITA')
     s = self.settings
-    logits, mask_embed = self.video_fn(jnp.asarray(np.concatenate(self.frame_queries)))
+    queries = np.concatenate(self.frame_queries)
+    pad = inference.video_bucket(len(queries), self.window_size) - len(queries)
+    queries = np.concatenate([queries, np.zeros((pad,) + queries.shape[1:], queries.dtype)])
+    logits, mask_embed = self.video_fn(jnp.asarray(queries), jnp.int32(self.seen))
     det = inference.select_topk(np.asarray(logits), s.topk)
     # As the official code: the crop size is that of the first frame of the last run chunk.
     sizes = np.concatenate(self.image_sizes)
     image_size = tuple(int(v) for v in sizes[(len(sizes) - 1) // s.run_chunk_size * s.run_chunk_size])
-    features = np.concatenate(self.mask_features)
+    features = [f for part in self.mask_features for f in part]  # per-frame views: no second copy of the video
     self.frame_queries, self.mask_features = [], []
     queries = np.unique(det.queries)
     # Padded to `topk` rows so the mask pass compiles once per frame-chunk length and video size.
@@ -112,7 +120,8 @@ class VITAPredictor:
     sizes = dict(interim_size=self.padded_size, image_size=image_size, out_size=tuple(self.video.orig_size))
     step = s.interpolate_chunk_size
     for start in range(0, len(features), step):
-      part = inference.chunk_masks_device(jnp.asarray(embed), jnp.asarray(features[start:start + step]), **sizes)
+      part = inference.chunk_masks_device(jnp.asarray(embed), jnp.asarray(np.stack(features[start:start + step])),
+                                          **sizes)
       soft += np.asarray(part.soft_sum)[:len(queries)]
       hard += np.asarray(part.hard_count)[:len(queries)]
       for i, masks in enumerate(np.asarray(part.masks)[:len(queries)]):

@@ -125,28 +125,22 @@ class VITASettings:
 # Object encoder windows.
 
 
-def window_padding_mask(num_frames: int, window: int) -> np.ndarray:
-  """bool `[Tp]`, True on the zero frames that pad `num_frames` to a multiple of `window` (`enc_mask`)."""
-  padded = -(-num_frames // window) * window
-  return np.arange(padded) >= num_frames
-
-
-def shifted_window_bias(num_frames: int, window: int, num_queries: int) -> np.ndarray:
+def shifted_window_bias(frame_valid: jax.Array, window: int, num_queries: int) -> jax.Array:
   """The official additive mask of the shifted windows, float32 `[Nw, W*fQ, W*fQ]` (0 or -1000).
 
-  Frames are rolled by `ceil(W/2)`. A padded query frame blocks its whole row in every window; in the first and
-  last windows a padded key frame blocks its column too; in the first window the two halves (frames that came
-  from the end and from the start of the clip) cannot see each other.
+  `frame_valid` bool `[Tp]` (Tp a multiple of W): True on real frames. Frames are rolled by `ceil(W/2)`; a padded
+  frame blocks its row and its column in every window, and in the first window the two halves (frames that came
+  from the end and from the start of the clip) cannot see each other. With Tp = T rounded up to W (the official
+  layout) padded frames fall only in the first and last windows, where the official mask blocks the same rows and
+  columns; extra padded windows (bucketed inference) are blocked entirely.
   """
   half = int(math.ceil(window / 2))
-  pad = np.roll(window_padding_mask(num_frames, window), half).reshape(-1, window)  # [Nw, W]
-  blocked = np.repeat(pad[:, :, None], window, axis=2)  # [Nw, W(query), W(key)]
-  blocked[0] |= blocked[0].T
-  blocked[-1] |= blocked[-1].T
-  blocked[0, :half, half:] = True
-  blocked[0, half:, :half] = True
-  blocked = np.repeat(np.repeat(blocked, num_queries, axis=1), num_queries, axis=2)
-  return blocked.astype(np.float32) * np.float32(-1000.)
+  pad = jnp.roll(~frame_valid, half).reshape(-1, window)  # [Nw, W]
+  blocked = pad[:, :, None] | pad[:, None, :]  # [Nw, W(query), W(key)]
+  first_half = jnp.arange(window) < half
+  blocked = blocked.at[0].set(blocked[0] | (first_half[:, None] != first_half[None, :]))
+  blocked = jnp.repeat(jnp.repeat(blocked, num_queries, axis=1), num_queries, axis=2)
+  return jnp.where(blocked, np.float32(-1000.), np.float32(0.))
 
 
 class VITAModule(nnx.Module):
@@ -186,8 +180,9 @@ class VITAModule(nnx.Module):
     self.sim_embed_frame = linear(hidden_dim, hidden_dim)
     self.sim_embed_clip = linear(hidden_dim, hidden_dim)
 
-  def _encoder_layer(self, i: int, x: jax.Array, shifted: bool, num_frames: int) -> jax.Array:
-    """One object-encoder layer on `x [LB, Tp, fQ, C]` (plain or shifted windows of `window_size` frames)."""
+  def _encoder_layer(self, i: int, x: jax.Array, shifted: bool, frame_valid: jax.Array) -> jax.Array:
+    """One object-encoder layer on `x [LB, Tp, fQ, C]` (plain or shifted windows of `window_size` frames; padded
+    frames, False in `frame_valid [Tp]`, are masked as keys and zeroed in the output)."""
     lb, tp, fq, c = x.shape
     w = self.window_size
     nw = tp // w
@@ -196,53 +191,68 @@ class VITAModule(nnx.Module):
       x = jnp.roll(x, half, axis=1)
     tokens = x.reshape(lb * nw, w * fq, c)
     if shifted:
-      bias = jnp.asarray(shifted_window_bias(num_frames, w, fq))[:, None]  # [Nw, 1, WfQ, WfQ]
+      bias = shifted_window_bias(frame_valid, w, fq)[:, None]  # [Nw, 1, WfQ, WfQ]
       tokens = self.enc_self_attn[i](tokens, attn_mask=jnp.tile(bias, (lb, 1, 1, 1)).astype(x.dtype))
     else:
-      pad = np.repeat(window_padding_mask(num_frames, w).reshape(nw, w), fq, axis=1)  # [Nw, WfQ]
-      tokens = self.enc_self_attn[i](tokens, key_padding_mask=jnp.tile(jnp.asarray(pad), (lb, 1)))
+      pad = jnp.repeat(~frame_valid.reshape(nw, w), fq, axis=1)  # [Nw, WfQ]
+      tokens = self.enc_self_attn[i](tokens, key_padding_mask=jnp.tile(pad, (lb, 1)))
     x = self.enc_ffn[i](tokens).reshape(lb, tp, fq, c)
-    return jnp.roll(x, -half, axis=1) if shifted else x
+    x = jnp.roll(x, -half, axis=1) if shifted else x
+    # A window of padded frames only (bucketed inference) attends to nothing: NaN rows, never read, but zeroed so
+    # that the next layer's masked products stay finite.
+    return jnp.where(frame_valid[None, :, None, None], x, 0)
 
-  def encode_frame_query(self, x: jax.Array, *, train: bool) -> list[jax.Array]:
-    """Object encoder: `x [LB, T, fQ, C]` -> every layer's output `[LB, T, fQ, C]`.
+  def encode_frame_query(self, x: jax.Array, *, train: bool, num_frames: jax.Array | int) -> list[jax.Array]:
+    """Object encoder: `x [LB, T, fQ, C]` of which the first `num_frames` are real -> every layer's output
+    `[LB, Tp, fQ, C]` (Tp = T rounded up to a multiple of W; padded frames zero).
 
     With `enc_window_size` W > 0, T is zero-padded to a multiple of W; training uses plain windows in every
     layer, test plain windows in even layers and shifted windows in odd ones. W = 0 attends over all T*fQ tokens.
+    Frames past `num_frames` (traced or static) are padding: never attended to, so a video padded to a bucket
+    length gives its real frames the outputs of the unpadded run.
     """
     lb, t, fq, c = x.shape
     outputs = []
     if self.window_size == 0:
+      pad = jnp.repeat(jnp.arange(t) >= num_frames, fq)[None]  # [1, T*fQ]
       tokens = x.reshape(lb, t * fq, c)
       for attn, ffn in zip(self.enc_self_attn, self.enc_ffn):
-        tokens = ffn(attn(tokens))
+        tokens = ffn(attn(tokens, key_padding_mask=jnp.broadcast_to(pad, (lb, t * fq))))
+        tokens = jnp.where(pad[..., None], 0, tokens)
         outputs.append(tokens.reshape(lb, t, fq, c))
       return outputs
     tp = -(-t // self.window_size) * self.window_size
     x = jnp.pad(x, ((0, 0), (0, tp - t), (0, 0), (0, 0)))
+    frame_valid = jnp.arange(tp) < num_frames
     for i in range(len(self.enc_self_attn)):
-      x = self._encoder_layer(i, x, shifted=not train and i % 2 == 1, num_frames=t)
-      outputs.append(x[:, :t])
+      x = self._encoder_layer(i, x, shifted=not train and i % 2 == 1, frame_valid=frame_valid)
+      outputs.append(x)
     return outputs
 
-  def __call__(self, frame_query: jax.Array, *, train: bool = False,
+  def __call__(self, frame_query: jax.Array, *, train: bool = False, num_frames: jax.Array | int | None = None,
                intermediates: bool = False) -> dict[str, jax.Array]:
     """Runs the VITA module.
 
     Args:
       frame_query: `[L, B, T, fQ, C]` frame queries of L frame-decoder layers (3 in training, 1 at test).
       train: plain windows in every encoder layer (official `self.training`).
+      num_frames: the first `num_frames` of the T frames are real (an int32 scalar, may be traced; None = all):
+        the others are padding that no output depends on (bucketed inference compiles once per bucket).
       intermediates: also return `encoder` `[E, L, B, T, fQ, C]`, every object-encoder layer's output.
 
     Returns:
       `pred_logits [D, L, B, cQ, K+1]`, `pred_mask_embed [D, L, B, cQ, mask_dim]`, `pred_cq_embed
       [D, L, B, cQ, C]` (every decoder layer D; the official code keeps all D in training, the last at test) and
-      `pred_fq_embed [L, B, T, fQ, C]` (`sim_embed_frame` of the encoded frame queries).
+      `pred_fq_embed [L, B, T, fQ, C]` (`sim_embed_frame` of the encoded frame queries; zero-input rows for
+      padded frames).
     """
     l, b, t, fq, c = frame_query.shape
     x = self.input_proj_dec(frame_query.reshape(l * b, t, fq, c))
-    enc = self.encode_frame_query(x, train=train)
+    real = t if num_frames is None else num_frames
+    enc = [e[:, :t] for e in self.encode_frame_query(x, train=train, num_frames=real)]
     src = enc[-1].reshape(l * b, t * fq, c)
+    # Memory keys of padded frames are masked ([1, T*fQ], broadcast over queries); none when num_frames is None.
+    memory_pad = None if num_frames is None else jnp.repeat(jnp.arange(t) >= num_frames, fq)[None]
     dec_pos = jnp.tile(self.fq_pos.embedding[...], (t, 1))[None].astype(src.dtype)  # no temporal encoding
     query_embed = self.query_embed.embedding[None].astype(src.dtype)
     output = jnp.broadcast_to(self.query_feat.embedding[None], (l * b,) + self.query_feat.embedding.shape)
@@ -250,7 +260,7 @@ class VITAModule(nnx.Module):
     dec_out = []
     for cross, self_attn, ffn in zip(self.transformer_cross_attention_layers, self.transformer_self_attention_layers,
                                      self.transformer_ffn_layers):
-      output = cross(output, src, pos=dec_pos, query_pos=query_embed)
+      output = cross(output, src, pos=dec_pos, query_pos=query_embed, attn_mask=memory_pad)
       output = self_attn(output, query_pos=query_embed)
       output = ffn(output)
       dec_out.append(self.decoder_norm(output).reshape(l, b, -1, c))
