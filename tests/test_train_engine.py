@@ -388,9 +388,9 @@ def test_predict_with_ground_truth_draws_it_beside_the_prediction(straight_run, 
   dataset = ytvis_json.load(synthetic_paths['train'])
   video = next(v for v in dataset.videos if dataset.tracks_of(v.id))
   folder = os.path.join(synthetic_paths['images'], video.name)
-  masks, labels = predict.ground_truth_tracks(synthetic_paths['train'], folder)
-  assert len(masks) == len(dataset.tracks_of(video.id)) and masks[0].shape == (video.length, video.height,
-                                                                                 video.width)
+  tracks, labels, size = predict.ground_truth_tracks(synthetic_paths['train'], folder)
+  assert len(tracks) == len(dataset.tracks_of(video.id)) and size == (video.height, video.width)
+  masks = [np.stack([predict.frame_masks([t], i, size)[0] for i in range(video.length)]) for t in tracks]
   assert all(m.any() for m in masks) and labels[0].startswith('1 ')
   config = _config()
   config.predict.input = folder

@@ -14,6 +14,8 @@ validation json) the overlay shows ground truth | prediction.
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 from typing import Any, Iterator
 
 from absl import logging
@@ -76,15 +78,26 @@ def iter_frames(path: str) -> Iterator[np.ndarray]:
 
 
 def read_video(path: str) -> np.ndarray:
-  """All frames uint8 `[T, H, W, 3]` (for the overlay)."""
+  """All frames uint8 `[T, H, W, 3]` (small videos, notebooks; `predict` itself streams)."""
   return np.stack(list(iter_frames(path)))
 
 
-def count_frames(path: str) -> int:
-  """Number of frames of the input (decodes a video file once without keeping frames)."""
+def frame_count(path: str) -> int:
+  """Number of frames of the input without decoding it: image files in a folder, GIF frames (Pillow skips the
+  image data), or the video stream's packets (ffmpeg stream copy, no decode)."""
   if os.path.isdir(path):
     return sum(f.lower().endswith(_FRAME_EXTS) for f in os.listdir(path))
-  return sum(1 for _ in iter_frames(path))
+  if path.lower().endswith('.gif'):
+    with Image.open(path) as image:
+      return int(image.n_frames)
+  import imageio_ffmpeg  # pylint: disable=g-import-not-at-top
+  out = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), '-nostdin', '-i', path, '-map', '0:v:0', '-c', 'copy',
+                        '-f', 'null', '-'], capture_output=True, text=True, check=False)
+  counts = re.findall(r'frame=\s*(\d+)', out.stderr)
+  if out.returncode or not counts:
+    raise ValueError(f'Could not read the frame count of {path} (ffmpeg exit {out.returncode}): '
+                     f'{out.stderr[-500:]}')
+  return int(counts[-1])
 
 
 def chunked(frames: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
@@ -101,14 +114,20 @@ def chunked(frames: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
 
 def predict_tracks(config: ml_collections.ConfigDict, method: registry.Method, model: Any,
                    path: str) -> tuple[list[tracks_lib.Track], tuple[int, int], int]:
-  """Streams the video at `path` through the method's predictor: (tracks, original (H, W), number of frames)."""
+  """Streams the video at `path` through the method's predictor: (tracks, original (H, W), number of frames).
+
+  Decodes the video once; its length (which the predictor needs first) comes from `frame_count`.
+  """
   from data_pipeline import input as input_lib  # pylint: disable=g-import-not-at-top
-  length = count_frames(path)
+  length = frame_count(path)
   resize = input_lib.resize_settings(config)
   chunk_len = max(1, int(config.eval.get('chunk_len', 0)) or length)
-  predictor, orig_size = None, None
+  predictor, orig_size, seen = None, None, 0
   with tqdm.tqdm(total=length, desc='predict', unit='frame') as bar:
     for chunk in chunked(iter_frames(path), chunk_len):
+      seen += len(chunk)
+      if seen > length:
+        raise ValueError(f'{path}: decoded more frames than the {length} its container reports.')
       if predictor is None:
         orig_size = tuple(int(s) for s in chunk.shape[1:3])
         predictor = method.make_predictor(model, predictor_lib.VideoMeta(video_id=1, length=length,
@@ -116,11 +135,14 @@ def predict_tracks(config: ml_collections.ConfigDict, method: registry.Method, m
       frames, image_size = input_lib.resize_test_frames(chunk, resize)
       predictor.add_frames(frames, np.tile(np.asarray(image_size, np.int32), (len(frames), 1)))
       bar.update(len(frames))
+  if seen != length:
+    raise ValueError(f'{path}: decoded {seen} frames but its container reports {length}.')
   return predictor.finish(), orig_size, length
 
 
-def ground_truth_tracks(gt_json: str, video_dir: str) -> tuple[list[np.ndarray], list[str]]:
-  """bool `[T, H, W]` masks and labels of the annotated tracks of the video whose folder is `video_dir`."""
+def ground_truth_tracks(gt_json: str, video_dir: str) -> tuple[list[list[dict | None]], list[str], tuple[int, int]]:
+  """Per-frame RLEs (None where absent) and labels of the annotated tracks of the video whose folder is
+  `video_dir`, and its (H, W)."""
   from data_pipeline import ytvis_json  # pylint: disable=g-import-not-at-top
   dataset = ytvis_json.load(gt_json)
   name = os.path.basename(os.path.normpath(video_dir))
@@ -129,13 +151,50 @@ def ground_truth_tracks(gt_json: str, video_dir: str) -> tuple[list[np.ndarray],
     raise ValueError(f'config.predict.ground_truth={gt_json!r} has no video in a folder named {name!r}.')
   table = dataset.category_table
   tracks = dataset.tracks_of(video.id)
-  masks = [ytvis_json.decode_track_masks(t).astype(bool) for t in tracks]
   labels = [f'{i} {table.names[table.to_index(t.category_id)]}' for i, t in enumerate(tracks, start=1)]
-  return masks, labels
+  return [list(t.segmentations) for t in tracks], labels, (video.height, video.width)
 
 
-def _decode(seg: dict | None, size: tuple[int, int]) -> np.ndarray:
-  return mask_utils.decode(seg).astype(bool) if seg else np.zeros(size, bool)
+def frame_masks(tracks: list[list[dict | None]], t: int, size: tuple[int, int]) -> np.ndarray:
+  """bool `[K, H, W]`: frame `t` of each track's per-frame RLEs (all False where the track is absent)."""
+  masks = np.zeros((len(tracks),) + size, bool)
+  for k, segmentations in enumerate(tracks):
+    if segmentations[t]:
+      masks[k] = mask_utils.decode(segmentations[t])
+  return masks
+
+
+def write_overlay(path: str, out: str, size: tuple[int, int], pred: tuple[list, list[str]],
+                  ground_truth: tuple[list, list[str]] | None = None, fps: float = 6.0) -> int:
+  """Reads the video at `path` again frame by frame and writes its overlay to `out` as it goes (ground truth |
+  prediction when `ground_truth` is given); memory does not grow with the video's length beyond the tracks' RLEs.
+
+  Args:
+    path: the input video or folder of frames, of frames `size` (H, W).
+    out: the overlay (.gif / .mp4 / a directory of PNG frames).
+    size: (H, W) of the input frames.
+    pred: per-frame RLEs (None where absent) of each drawn track, and their labels.
+    ground_truth: the same for the annotated tracks, or None.
+    fps: frames per second of the overlay.
+
+  Returns:
+    The number of frames written.
+  """
+  panels = [(tracks, visualize.TrackOverlay(labels, *size))
+            for tracks, labels in ([pred] if ground_truth is None else [ground_truth, pred])]
+  join = None
+  if ground_truth is not None:
+    factor = panels[0][1].factor
+    join = visualize.SideBySide((size[0] * factor, size[1] * factor), (size[0] * factor, size[1] * factor))
+  count = 0
+  with visualize.open_writer(out, fps) as append:
+    for t, frame in enumerate(iter_frames(path)):
+      if frame.shape[:2] != size:
+        raise ValueError(f'{path}: frame {t} is {frame.shape[:2]}, the video was {size}.')
+      drawn = [draw(frame, frame_masks(tracks, t, size)) for tracks, draw in panels]
+      append(join(*drawn) if join else drawn[0])
+      count += 1
+  return count
 
 
 def predict(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
@@ -154,32 +213,32 @@ def predict(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
   logging.info('Predicting %s with %s', path, source)
   method = registry.get_method(config)
   model = restore.load_model(config, workdir)
-  tracks, (h, w), _ = predict_tracks(config, method, model, path)
+  tracks, (h, w), length = predict_tracks(config, method, model, path)
   table = tracks_lib.category_table(config.dataset.category_ids, int(config.dataset.num_classes))
   names = dict(zip(config.dataset.category_ids, config.dataset.get('category_names', ())))
   best = lambda t: float(np.max(t.class_scores))
   kept = sorted((t for t in tracks if best(t) >= config.predict.score_threshold), key=lambda t: -best(t))
-  # The overlay decodes [T, H, W] per drawn track: draw the best `max_tracks` (tracks.json keeps every kept track).
-  drawn = kept[:int(config.predict.max_tracks)]
   rows = []
   for t in kept:
     category = int(table[int(np.argmax(t.class_scores))])
     rows.append({'track_id': t.track_id, 'category_id': category, 'category_name': names.get(category, ''),
                  'score': best(t), 'class_scores': [float(x) for x in t.class_scores],
                  'frame_scores': t.frame_scores, 'segmentations': t.segmentations})
-  frames = read_video(path)
-  masks = [np.stack([_decode(s, (h, w)) for s in t.segmentations]) for t in drawn]
-  labels = [f'{r["track_id"]} {r["category_name"] or r["category_id"]} {r["score"]:.2f}'
-            for r in rows[:len(drawn)]]
-  overlay = visualize.overlay_video(frames, masks, labels)
+  # The overlay draws the best `max_tracks` (tracks.json keeps every kept track).
+  drawn = rows[:int(config.predict.max_tracks)]
+  labels = [f'{r["track_id"]} {r["category_name"] or r["category_id"]} {r["score"]:.2f}' for r in drawn]
+  ground_truth = None
   if gt_json:
-    gt_masks, gt_labels = ground_truth_tracks(gt_json, path)
-    overlay = visualize.side_by_side(visualize.overlay_video(frames, gt_masks, gt_labels), overlay)
+    gt_tracks, gt_labels, gt_size = ground_truth_tracks(gt_json, path)
+    if gt_size != (h, w):
+      raise ValueError(f'config.predict.ground_truth={gt_json!r}: the video is {gt_size}, the input {(h, w)}.')
+    ground_truth = (gt_tracks, gt_labels)
   os.makedirs(workdir, exist_ok=True)
-  visualize.write_video(overlay, out, fps=config.predict.get('fps', 6.0))
+  write_overlay(path, out, (h, w), ([r['segmentations'] for r in drawn], labels), ground_truth,
+                fps=config.predict.get('fps', 6.0))
   stem = os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
   tracks_path = os.path.join(workdir, f'tracks_{stem}.json')
-  io_utils.write_json(tracks_path, {'input': path, 'num_frames': int(len(frames)), 'height': int(h), 'width': int(w),
+  io_utils.write_json(tracks_path, {'input': path, 'num_frames': int(length), 'height': int(h), 'width': int(w),
                                     'tracks': rows})
   logging.info('Wrote %s (%d tracks) and %s', out, len(rows), tracks_path)
   return {'overlay': out, 'tracks': tracks_path}

@@ -1,22 +1,26 @@
-"""Overlay instance masks and track labels on video frames; write PNG frames, GIF or MP4.
+"""Overlay instance masks and track labels on video frames; write PNG frames, GIF or MP4 frame by frame.
 
-Frames are uint8 `[T, H, W, 3]` RGB; masks per track are bool `[T, H, W]` (absent frames all False). Each track
-gets one colour (evenly spaced hues, so neighbouring ids differ): its mask is blended in that colour and outlined
-in it (with a dark edge outside, so the outline shows on light and dark backgrounds), and its label sits on a
-box of that colour just above the mask's bounding box (below it, or inside, when there is no room), always inside
-the frame; a frame where the track has no mask shows no label. `overlay_video` first upscales small videos (by an
-integer factor, so mask pixels stay aligned) to at least `min_side` pixels on the short side; the label font and
-the outline scale with the frame. `side_by_side(gt, pred)` puts two overlaid videos next to each other under
-titles (ground truth | prediction). MP4 needs imageio with the imageio-ffmpeg plugin (the `video` extra); PNG and
-GIF need only Pillow. Files are written under a temporary name and renamed when complete.
+Frames are uint8 `[H, W, 3]` RGB; masks per track are bool `[H, W]` (absent frames all False). Each track gets one
+colour (evenly spaced hues, so neighbouring ids differ): its mask is blended in that colour and outlined in it (with
+a dark edge outside, so the outline shows on light and dark backgrounds), and its label sits on a box of that colour
+just above the mask's bounding box (below it, or inside, when there is no room), always inside the frame; a frame
+where the track has no mask shows no label. `TrackOverlay` draws one frame at a time, first upscaling small videos
+(by an integer factor, so mask pixels stay aligned) to at least `min_side` pixels on the short side; the label font
+and the outline scale with the frame. `SideBySide` puts two overlaid frames next to each other under titles (ground
+truth | prediction). `open_writer` encodes frames as they come, so a long video is never held in memory
+(`predict` reads, draws and writes frame by frame); `overlay_video` / `side_by_side` / `write_video` are the
+whole-video forms for small videos and notebooks. MP4 needs imageio with the imageio-ffmpeg plugin (the `video`
+extra); PNG and GIF need only Pillow. Files are written under a temporary name and renamed when complete.
 """
 
 import colorsys
+import contextlib
 import math
 import os
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
+from PIL import GifImagePlugin
 from PIL import Image
 from PIL import ImageDraw
 from PIL import ImageFont
@@ -35,14 +39,6 @@ def palette(num: int) -> np.ndarray:
 def upscale_factor(height: int, width: int, min_side: int) -> int:
   """The integer factor that brings the short side to at least `min_side` (1 when it already is)."""
   return max(1, math.ceil(min_side / max(1, min(height, width))))
-
-
-def upscale(frames: np.ndarray, factor: int) -> np.ndarray:
-  """Frames `[T, H, W, 3]` uint8 bilinearly resized by an integer `factor`."""
-  if factor == 1:
-    return frames
-  h, w = frames.shape[1:3]
-  return np.stack([np.asarray(Image.fromarray(f).resize((w * factor, h * factor), Image.BILINEAR)) for f in frames])
 
 
 def _shift_and(mask: np.ndarray) -> np.ndarray:
@@ -124,20 +120,74 @@ def overlay_frame(frame: np.ndarray, masks: np.ndarray, colors: np.ndarray, labe
   return np.asarray(image)
 
 
+class TrackOverlay:
+  """Draws one video's tracks frame by frame (the per-frame form of `overlay_video`; keeps no frames).
+
+  Each of the `len(labels)` tracks gets one colour; frames `[H, W, 3]` are upscaled by
+  `upscale_factor(H, W, min_side)` (1 for frames already that large; `min_side=0` keeps the size).
+  """
+
+  def __init__(self, labels: Sequence[str], height: int, width: int, alpha: float = 0.5, min_side: int = MIN_SIDE):
+    self.labels = tuple(labels)
+    self.colors = palette(len(self.labels))
+    self.size = (height, width)
+    self.factor = upscale_factor(height, width, min_side)
+    self.alpha = alpha
+
+  def __call__(self, frame: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """frame uint8 `[H, W, 3]`, masks bool `[K, H, W]` (one per track) → overlaid frame uint8 `[sH, sW, 3]`."""
+    if frame.shape[:2] != self.size or masks.shape != (len(self.labels),) + self.size:
+      raise ValueError(f'frame {frame.shape} / masks {masks.shape} do not match {len(self.labels)} tracks on '
+                       f'{self.size} frames.')
+    if self.factor > 1:
+      h, w = self.size
+      frame = np.asarray(Image.fromarray(frame).resize((w * self.factor, h * self.factor), Image.BILINEAR))
+      masks = masks.repeat(self.factor, axis=1).repeat(self.factor, axis=2)
+    return overlay_frame(frame, masks, self.colors, self.labels, self.alpha)
+
+
 def overlay_video(frames: np.ndarray, track_masks: Sequence[np.ndarray], labels: Sequence[str],
                   alpha: float = 0.5, min_side: int = MIN_SIDE) -> np.ndarray:
   """frames uint8 `[T, H, W, 3]`, one bool `[T, H, W]` per track → overlaid frames uint8 `[T, sH, sW, 3]`.
 
-  `s = upscale_factor(H, W, min_side)` (1 for frames already that large; `min_side=0` keeps the size).
+  The whole video in memory (small videos, notebooks); `predict` draws frame by frame with `TrackOverlay`.
   """
-  colors = palette(len(track_masks))
   t, h, w = frames.shape[:3]
+  draw = TrackOverlay(labels, h, w, alpha, min_side)
   stacked = np.stack(track_masks, axis=1) if track_masks else np.zeros((t, 0, h, w), bool)
-  factor = upscale_factor(h, w, min_side)
-  if factor > 1:
-    frames = upscale(frames, factor)
-    stacked = stacked.repeat(factor, axis=2).repeat(factor, axis=3)
-  return np.stack([overlay_frame(f, m, colors, labels, alpha) for f, m in zip(frames, stacked)])
+  return np.stack([draw(f, m) for f, m in zip(frames, stacked)])
+
+
+class SideBySide:
+  """Puts two frames (same height) next to each other under their titles, frame by frame."""
+
+  def __init__(self, left: tuple[int, int], right: tuple[int, int],
+               titles: tuple[str, str] = ('ground truth', 'prediction')):
+    """`left` / `right`: (H, W) of the two panels."""
+    if left[0] != right[0]:
+      raise ValueError(f'side_by_side needs panels of the same height, got {left} and {right}.')
+    h = left[0]
+    font_size = max(10, round(h / 24))
+    font = _font(font_size)
+    self.header = font_size * 2
+    self.gap = max(2, h // 100)
+    self.shapes = (tuple(left), tuple(right))
+    title_strip = Image.new('RGB', (left[1] + self.gap + right[1], self.header), (255, 255, 255))
+    draw = ImageDraw.Draw(title_strip)
+    for title, x0, w in ((titles[0], 0, left[1]), (titles[1], left[1] + self.gap, right[1])):
+      draw.text((x0 + w // 2, self.header // 2), title, fill=(0, 0, 0), font=font, anchor='mm')
+    self.title_strip = np.asarray(title_strip)
+
+  def __call__(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """left uint8 `[H, Wl, 3]`, right `[H, Wr, 3]` → `[header + H, Wl + gap + Wr, 3]` on white."""
+    if (left.shape[:2], right.shape[:2]) != self.shapes:
+      raise ValueError(f'side_by_side panels {left.shape} and {right.shape}, expected {self.shapes}.')
+    h, wl = self.shapes[0]
+    canvas = np.full((self.header + h, self.title_strip.shape[1], 3), 255, np.uint8)
+    canvas[:self.header] = self.title_strip
+    canvas[self.header:, :wl] = left
+    canvas[self.header:, wl + self.gap:] = right
+    return canvas
 
 
 def side_by_side(left: np.ndarray, right: np.ndarray,
@@ -145,59 +195,92 @@ def side_by_side(left: np.ndarray, right: np.ndarray,
   """Two videos uint8 `[T, H, W, 3]` (same T and H) next to each other under their titles → `[T, H', W', 3]`."""
   if left.shape[:2] != right.shape[:2]:
     raise ValueError(f'side_by_side needs the same frame count and height, got {left.shape} and {right.shape}.')
-  t, h = left.shape[:2]
-  font_size = max(10, round(h / 24))
-  font = _font(font_size)
-  header = font_size * 2
-  gap = max(2, h // 100)
-  width = left.shape[2] + gap + right.shape[2]
-  canvas = np.full((t, header + h, width, 3), 255, np.uint8)
-  canvas[:, header:, :left.shape[2]] = left
-  canvas[:, header:, left.shape[2] + gap:] = right
-  title_strip = Image.fromarray(canvas[0, :header])
-  draw = ImageDraw.Draw(title_strip)
-  for title, x0, w in ((titles[0], 0, left.shape[2]), (titles[1], left.shape[2] + gap, right.shape[2])):
-    draw.text((x0 + w // 2, header // 2), title, fill=(0, 0, 0), font=font, anchor='mm')
-  canvas[:, :header] = np.asarray(title_strip)
-  return canvas
+  join = SideBySide(left.shape[1:3], right.shape[1:3], titles)
+  return np.stack([join(a, b) for a, b in zip(left, right)])
 
 
-def write_gif(frames: np.ndarray, path: str, fps: float = 6.0) -> str:
-  images = [Image.fromarray(f) for f in frames]
-  with io_utils.atomic_path(path) as tmp:
-    images[0].save(tmp, format='GIF', save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
-  return path
+# Writers: `open_writer(path, fps)` yields `append(frame)`; frames are encoded as they come (nothing is kept).
+
+AppendFrame = Callable[[np.ndarray], None]
 
 
-def write_png_frames(frames: np.ndarray, directory: str) -> str:
-  os.makedirs(directory, exist_ok=True)
-  for i, f in enumerate(frames):
-    with io_utils.atomic_path(os.path.join(directory, f'{i:05d}.png')) as tmp:
-      Image.fromarray(f).save(tmp, format='PNG')
-  return directory
+@contextlib.contextmanager
+def _gif_writer(path: str, fps: float) -> Iterator[AppendFrame]:
+  """GIF frame by frame: the first frame's palette is the global colour table, later frames carry their own.
+
+  Pillow's `save_all` keeps every frame until the end; this writes each one as it comes (Pillow's GIF block
+  encoders `getheader` / `getdata`, the same adaptive palette per frame, no delta frames).
+  """
+  duration = int(1000 / fps)
+  with io_utils.atomic_path(path) as tmp, open(tmp, 'wb') as f:
+    first = True
+
+    def append(frame: np.ndarray) -> None:
+      nonlocal first
+      image = Image.fromarray(frame).convert('P', palette=Image.Palette.ADAPTIVE)
+      if first:
+        header, _ = GifImagePlugin.getheader(image, info={'loop': 0, 'duration': duration})
+        f.writelines(header)
+      f.writelines(GifImagePlugin.getdata(image, duration=duration, include_color_table=not first))
+      first = False
+
+    yield append
+    f.write(b';')
 
 
-def write_mp4(frames: np.ndarray, path: str, fps: float = 6.0) -> str:
+@contextlib.contextmanager
+def _mp4_writer(path: str, fps: float) -> Iterator[AppendFrame]:
   import imageio.v2 as imageio  # pylint: disable=g-import-not-at-top
-  # H.264 with yuv420p wants even sizes: pad by one row / column where needed.
-  h, w = frames.shape[1:3]
-  frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
   with io_utils.atomic_path(path) as tmp:
     with imageio.get_writer(tmp, fps=fps, codec='libx264', macro_block_size=1, pixelformat='yuv420p') as writer:
-      for f in frames:
-        writer.append_data(f)
-  return path
+      # H.264 with yuv420p wants even sizes: pad by one row / column where needed.
+      yield lambda f: writer.append_data(np.pad(f, ((0, f.shape[0] % 2), (0, f.shape[1] % 2), (0, 0))))
+
+
+@contextlib.contextmanager
+def _png_writer(directory: str, fps: float) -> Iterator[AppendFrame]:
+  del fps
+  count = 0
+
+  def append(frame: np.ndarray) -> None:
+    nonlocal count
+    os.makedirs(directory, exist_ok=True)
+    with io_utils.atomic_path(os.path.join(directory, f'{count:05d}.png')) as tmp:
+      Image.fromarray(frame).save(tmp, format='PNG')
+    count += 1
+
+  yield append
+
+
+_WRITERS = {'.gif': _gif_writer, '.mp4': _mp4_writer, '': _png_writer}
+
+
+@contextlib.contextmanager
+def open_writer(path: str, fps: float = 6.0) -> Iterator[AppendFrame]:
+  """`with open_writer(path) as append: append(frame uint8 [H, W, 3])...` by extension: .gif, .mp4 (written under
+  a temporary name, renamed when complete) or a directory of PNGs (no extension). Every frame has the first's size;
+  no frame at all is an error (and leaves no file)."""
+  writer = _WRITERS.get(os.path.splitext(path)[1].lower())
+  if writer is None:
+    raise ValueError(f'Unsupported overlay output {path!r}: use .gif, .mp4 or a directory for PNG frames.')
+  shape = None
+  with writer(path, fps) as append:
+
+    def checked(frame: np.ndarray) -> None:
+      nonlocal shape
+      shape = shape or frame.shape
+      if frame.shape != shape or frame.dtype != np.uint8:
+        raise ValueError(f'{path}: frame {frame.shape} {frame.dtype}, expected uint8 {shape}.')
+      append(frame)
+
+    yield checked
+    if shape is None:
+      raise ValueError(f'No frames to write to {path}.')
 
 
 def write_video(frames: np.ndarray, path: str, fps: float = 6.0) -> str:
-  """Writes by extension: .gif, .mp4, or a directory of PNGs (no extension)."""
-  if len(frames) == 0:
-    raise ValueError(f'No frames to write to {path}.')
-  ext = os.path.splitext(path)[1].lower()
-  if ext == '.gif':
-    return write_gif(frames, path, fps)
-  if ext == '.mp4':
-    return write_mp4(frames, path, fps)
-  if not ext:
-    return write_png_frames(frames, path)
-  raise ValueError(f'Unsupported overlay output {path!r}: use .gif, .mp4 or a directory for PNG frames.')
+  """Writes frames uint8 `[T, H, W, 3]` by extension (`open_writer`); returns `path`."""
+  with open_writer(path, fps) as append:
+    for f in frames:
+      append(f)
+  return path
