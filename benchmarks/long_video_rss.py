@@ -7,7 +7,8 @@ For each length: a one-video synthetic YTVIS set (96x160) is generated and conve
 of the config is saved as WORKDIR/converted; then `--mode eval` (TFRecords, chunks of `--chunk` frames) and
 `--mode predict` (the JPEG folder of that video) run in subprocesses whose peak RSS (ru_maxrss of the child) and
 wall / CPU time are printed as a Markdown table. Streaming means the 1,000-frame rows stay close to the 100-frame
-rows (the predict overlay still holds the decoded input frames once, ~46 MB at 1,000 x 96 x 160).
+rows (predict reads the video twice, for inference and for the overlay, which it draws and encodes frame by frame;
+what grows is the tracks' per-frame RLEs).
 """
 
 import argparse

@@ -46,7 +46,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.input.size_buckets = ()  # ((H, W), ...) static padded sizes; empty = derived from max sizes
   c.input.shuffle_buffer = 256
   c.input.prefetch = 2
-  c.input.source = 'data_pipeline.input'  # module with make_train_iterator(config, pid, n) and eval_video_chunks(...)
+  # The module with make_train_iterator(config, input_spec, process_index=, process_count=) and eval_video_chunks(...).
+  c.input.source = 'data_pipeline.input'
 
   # Method-neutral defaults (plain AdamW, constant lr, no clipping); each method config sets its official recipe.
   c.train = ml_collections.ConfigDict()

@@ -33,6 +33,7 @@ from typing import Sequence
 
 from data_pipeline import samplers
 from data_pipeline import tfrecord
+from visjax.models import settings
 
 _PER = ('clip', 'frame')
 
@@ -95,16 +96,21 @@ class Recipe:
 def make_recipe(augment, *, min_sizes: Sequence[int], max_size: int, pseudo_overrides=None) -> Recipe:
   """The `Recipe` of `config.input.augment` (a mapping of `Recipe` fields other than the sizes), with the
   `config.input.augment_pseudo` fields on top for COCO pseudo-clips (`pseudo_overrides`, or None for real clips).
+  Unknown fields fail through `settings.from_config`, naming the section.
   """
-  names = {f.name for f in dataclasses.fields(Recipe)} - {'min_sizes', 'max_size'}
+  sizes = {'min_sizes': tuple(int(s) for s in min_sizes), 'max_size': int(max_size)}
+  sections = [('config.input.augment', augment or {})]
+  if pseudo_overrides is not None:
+    sections.append(('config.input.augment_pseudo', pseudo_overrides))
   values = {}
-  for where, section in (('config.input.augment', augment), ('config.input.augment_pseudo', pseudo_overrides)):
-    section = dict(section.items()) if section is not None else {}
-    unknown = sorted(set(section) - names)
-    if unknown:
-      raise ValueError(f'{where}: unknown augmentation field(s) {unknown}; fields: {sorted(names)}')
-    values.update({k: tuple(v) if isinstance(v, list) else v for k, v in section.items()})
-  return Recipe(min_sizes=tuple(int(s) for s in min_sizes), max_size=int(max_size), **values)
+  for where, section in sections:
+    section = dict(section.items())
+    if set(section) & set(sizes):
+      raise ValueError(f'{where} sets {sorted(set(section) & set(sizes))}: the sizes come from '
+                       'config.input.min_size_train / max_size_train.')
+    values.update(section)
+    recipe = settings.from_config(Recipe, {**values, **sizes}, where)
+  return recipe
 
 
 # ----------------------------------------------------------------------------------------------------------------

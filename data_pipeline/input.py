@@ -1,6 +1,7 @@
 """tf.data input: training clips (docs/INTERFACES.md §1) and whole eval videos (§2) from visjax TFRecords.
 
-Training (`make_train_iterator(config, process_index=, process_count=)` or `TrainIterator(TrainSpec(...))`):
+Training (`make_train_iterator(config, input_spec, process_index=, process_count=)` or
+`TrainIterator(TrainSpec(...))`):
 
   per-process records ─ per-epoch shuffle (seed, epoch) ─ skip to the saved position ─ parse ─ sample clip
   (samplers) ─ select instances ─ decode frames + masks ─ augment (augment) ─ boxes from masks ─ batch ─ size bucket
@@ -423,34 +424,33 @@ def _diagnose(paths: Sequence[str], error) -> tfrecord.RecordFormatError:
       f'bad training record in {os.path.dirname(paths[0])}: {tfrecord.error_text(error)}')
 
 
-def make_train_iterator(config, *, process_index: int = 0, process_count: int = 1) -> TrainIterator:
-  """Builds the training iterator from a visjax config.
+def make_train_iterator(config, input_spec, *, process_index: int = 0, process_count: int = 1) -> TrainIterator:
+  """Builds the training iterator from a visjax config and the method's input spec.
 
-  Reads `config.dataset.tfrecords` (one converted directory, or several separated by commas, e.g. YTVIS and COCO
-  pseudo-videos), `config.seed` and `config.input.{batch_size (global), sampler, augment, augment_pseudo,
-  max_instances, min_size_train, max_size_train, size_divisibility, size_buckets, shuffle_buffer, prefetch}` plus,
-  when present, `config.input.{drop_crowd, dataset_ratios}` (`sampler`: `samplers.ClipSampler` fields; `augment` /
-  `augment_pseudo`: `augment.Recipe` fields; `dataset_ratios`: mixing weights of the directories, e.g. (0.75, 1.0)). The method's settings come as data (`configs/input_recipes.py`).
+  `input_spec` is `Method.input_spec()` (docs/INTERFACES.md §1): `sampler` (`samplers.ClipSampler` fields),
+  `augment` and `augment_pseudo` (`augment.Recipe` fields, the latter on top for COCO pseudo-clips) — data, so
+  nothing here names a method. Reads `config.dataset.tfrecords` (one converted directory, or several separated by
+  commas, e.g. YTVIS and COCO pseudo-videos), `config.seed` and `config.input.{batch_size (global), max_instances,
+  min_size_train, max_size_train, size_divisibility, size_buckets, shuffle_buffer, prefetch}` plus, when present,
+  `config.input.{drop_crowd, dataset_ratios}` (`dataset_ratios`: mixing weights of the directories, e.g.
+  (0.75, 1.0)).
   """
   inp = config.input
   if inp.batch_size % process_count:
     raise ValueError(f'config.input.batch_size={inp.batch_size} is not divisible by process_count={process_count}')
   if not config.dataset.tfrecords:
     raise ValueError('config.dataset.tfrecords is empty: convert the dataset with data_pipeline.convert first')
-  for field in ('sampler', 'augment'):
-    if field not in inp:
-      raise ValueError(f'config.input.{field} is missing (see configs/input_recipes.py)')
   as_dict = lambda section: dict(section.to_dict() if hasattr(section, 'to_dict') else section or {})
   roots = config.dataset.tfrecords
   roots = tuple(r.strip() for r in roots.split(',') if r.strip()) if isinstance(roots, str) else tuple(roots)
   spec = TrainSpec(
-      root=roots, ratios=tuple(inp.get('dataset_ratios', ()) or ()), sampler=samplers.make_sampler(inp.sampler),
-      batch_size=inp.batch_size // process_count,
+      root=roots, ratios=tuple(inp.get('dataset_ratios', ()) or ()),
+      sampler=samplers.make_sampler(input_spec['sampler']), batch_size=inp.batch_size // process_count,
       max_instances=inp.max_instances, min_sizes=tuple(inp.min_size_train), max_size=inp.max_size_train,
       size_buckets=tuple(tuple(b) for b in inp.size_buckets), size_divisibility=inp.size_divisibility,
       seed=config.seed, shuffle_buffer=inp.shuffle_buffer, prefetch=inp.prefetch,
-      drop_crowd=inp.get('drop_crowd', True), augment=as_dict(inp.augment),
-      augment_pseudo=as_dict(inp.get('augment_pseudo', {})), process_index=process_index,
+      drop_crowd=inp.get('drop_crowd', True), augment=as_dict(input_spec['augment']),
+      augment_pseudo=as_dict(input_spec.get('augment_pseudo')), process_index=process_index,
       process_count=process_count)
   return TrainIterator(spec)
 

@@ -285,12 +285,17 @@ def test_make_train_iterator_from_config(data):
   config.input.min_size_train = (48,)
   config.input.max_size_train = 96
   config.input.augment.crop_range = (40, 80)
-  it = input_lib.make_train_iterator(config, process_index=1, process_count=2)
+  # The recipe comes from the method's input spec (Method.input_spec()), not from config.input.
+  spec = ml_collections.ConfigDict({k: config.input[k] for k in ('sampler', 'augment', 'augment_pseudo')})
+  spec.sampler.clip_len = 3
+  for k in ('sampler', 'augment', 'augment_pseudo'):
+    del config.input[k]
+  it = input_lib.make_train_iterator(config, spec, process_index=1, process_count=2)
   batch = next(it)
-  assert batch['image'].shape[:2] == (2, 2) and batch['masks'].shape[2] == 3
+  assert batch['image'].shape[:2] == (2, 3) and batch['masks'].shape[2] == 3
   assert batch['image'].shape[2:4] == (96, 96)
   with pytest.raises(ValueError, match='not divisible'):
-    input_lib.make_train_iterator(config, process_index=0, process_count=3)
+    input_lib.make_train_iterator(config, spec, process_index=0, process_count=3)
   config.dataset.eval_tfrecords = data['tfr'][3]
   config.input.min_size_test = 40
   config.input.max_size_test = 64
@@ -299,7 +304,20 @@ def test_make_train_iterator_from_config(data):
   assert min(video['image_size']) == 40 or max(video['image_size']) == 64
   config.dataset.tfrecords = os.path.dirname(data['tfr'][4])  # No manifest there.
   with pytest.raises(tfrecord.RecordFormatError, match='not a finished conversion'):
-    input_lib.make_train_iterator(config)
+    input_lib.make_train_iterator(config, spec)
+
+
+def test_make_recipe_names_the_section_of_a_bad_field():
+  inp = _official('idol')
+  with pytest.raises(ValueError, match=r"config.input.augment: unknown field\(s\) \['crop_prop'\]"):
+    augment.make_recipe({**inp.augment.to_dict(), 'crop_prop': 0.5}, min_sizes=(48,), max_size=96)
+  with pytest.raises(ValueError, match=r"config.input.augment_pseudo: unknown field\(s\) \['rotate'\]"):
+    augment.make_recipe(inp.augment, min_sizes=(48,), max_size=96, pseudo_overrides={'rotate': 15.0})
+  with pytest.raises(ValueError, match=r"config.input.augment sets \['max_size'\]"):
+    augment.make_recipe({'max_size': 10}, min_sizes=(48,), max_size=96)
+  recipe = augment.make_recipe(inp.augment, min_sizes=[48], max_size=96, pseudo_overrides=inp.augment_pseudo)
+  assert recipe.crop_resize == (400, 500, 600) and recipe.resize_per == 'frame' and recipe.min_sizes == (48,)
+  assert augment.make_recipe(inp.augment, min_sizes=[48], max_size=96).resize_per == 'clip'
 
 
 def test_eval_videos_whole_and_chunks(data):

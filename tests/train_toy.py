@@ -8,8 +8,8 @@ exercised by resume tests. Setting `config.toy_nan_at_step` makes the loss NaN f
 
 Test helpers: `run_main` runs `python -m visjax.main` in a subprocess, `read_log` reads train_log.jsonl.
 
-Input source: `make_train_iterator(config, process_index, process_count)` yields the per-process share of a
-deterministic global batch (a pure function of the batch index), `get_state` / `set_state` hold the index.
+Input source: `make_train_iterator(config, input_spec, process_index, process_count)` yields the per-process share
+of a deterministic global batch (a pure function of the batch index), `get_state` / `set_state` hold the index.
 `eval_video_chunks(config, chunk_len, process_index, process_count, max_videos)` yields the chunks of
 `config.toy_eval_videos` short videos.
 """
@@ -239,7 +239,9 @@ class ToyIterator:
     self.position = int(state['position'])
 
 
-def make_train_iterator(config, *, process_index: int = 0, process_count: int = 1) -> ToyIterator:
+def make_train_iterator(config, input_spec=None, *, process_index: int = 0,
+                        process_count: int = 1) -> ToyIterator:
+  del input_spec  # The toy batches do not depend on the clip sampler or augmentation.
   return ToyIterator(config, process_index, process_count)
 
 

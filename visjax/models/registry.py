@@ -58,8 +58,10 @@ class Method(abc.ABC):
     raise NotImplementedError(f'Method {self.name!r} has no conversion rules: it cannot port official checkpoints.')
 
   def input_spec(self) -> ml_collections.ConfigDict:
-    """What the training input must produce: `config.input.sampler` and `config.input.augment` (data, see
-    docs/INTERFACES.md §1); the default returns them as configured."""
+    """What the training input must produce: `sampler`, `augment` and `augment_pseudo` (data, docs/INTERFACES.md
+    §1). The engine hands it to the input source (`make_train_iterator(config, input_spec, ...)`), which reads no
+    recipe from the config itself; the default returns `config.input.{sampler, augment, augment_pseudo}` as
+    configured, a method may derive or check them (e.g. a clip length tied to its model)."""
     inp = self.config.input
     for field in ('sampler', 'augment'):
       if field not in inp:

@@ -336,7 +336,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     setup = build_setup(config, method, mesh)
     state, start, data_state = restore_or_init(config, method, setup, checkpointer)
     iterator = data_source(config).make_train_iterator(
-        config, process_index=jax.process_index(), process_count=jax.process_count())
+        config, method.input_spec(), process_index=jax.process_index(), process_count=jax.process_count())
     if data_state:
       iterator.set_state(_process_data_state(data_state))
     step_fn = make_train_step(config, method, setup, mesh)
