@@ -9,6 +9,11 @@ class scores, best category, score and per-frame RLE (`None` where absent). Trac
 `config.predict.score_threshold` are dropped; the overlay draws the best `config.predict.max_tracks` of them.
 With `config.predict.ground_truth` (a YTVIS json that has the input folder as one of its videos, e.g. the demo's
 validation json) the overlay shows ground truth | prediction.
+
+The input is decoded twice: once for inference, once for the overlay, which is drawn and encoded frame by frame
+(`write_overlay`), so memory does not grow with the video's length beyond the tracks' per-frame RLEs. The length the
+predictor needs first comes from `frame_count` without decoding (folder listing, GIF frame table, or the video
+stream's packet count by ffmpeg stream copy); a decoded count that disagrees is an error naming the file.
 """
 
 from __future__ import annotations
