@@ -156,7 +156,7 @@ def test_joint_config_input_mixes_coco_and_vis_with_one_label_space(dirs):
   """vita_ytvis19's joint input on a mapped COCO directory + a YTVIS19-category directory: both sources appear,
   COCO clips carry the hand-computed target labels; an unmapped COCO directory is an error naming both."""
   config = _joint_config('vita_ytvis19', (dirs['mapped'], dirs['vis']))
-  it = input_lib.make_train_iterator(config)
+  it = input_lib.make_train_iterator(config, config.input)  # the default Method.input_spec()
   assert it.mix.tolist() == [571, 429]  # DATASET_RATIO [1.0, 0.75]
   assert [r.rotation_center for r in it.recipes] == [(0.4, 0.6), None]  # Pseudo-clip recipe for COCO only.
   coco_labels, vis_labels = set(), set()
@@ -169,6 +169,8 @@ def test_joint_config_input_mixes_coco_and_vis_with_one_label_space(dirs):
   assert coco_labels and coco_labels <= {0, 5, 20}
   assert vis_labels and vis_labels <= set(range(6))
   with pytest.raises(ValueError, match=f'{dirs["unmapped"]}.*vs {dirs["vis"]}'):
-    input_lib.make_train_iterator(_joint_config('vita_ytvis19', (dirs['unmapped'], dirs['vis'])))
+    bad = _joint_config('vita_ytvis19', (dirs['unmapped'], dirs['vis']))
+    input_lib.make_train_iterator(bad, bad.input)
   with pytest.raises(ValueError, match="dataset_ratios='\\(\\)'"):
-    input_lib.make_train_iterator(_joint_config('vita_ytvis19', (dirs['vis'],)))
+    bad = _joint_config('vita_ytvis19', (dirs['vis'],))
+    input_lib.make_train_iterator(bad, bad.input)
