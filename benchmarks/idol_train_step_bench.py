@@ -23,11 +23,11 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+from benchmarks import step_timing  # pylint: disable=g-import-not-at-top,wrong-import-position
 from visjax.models import registry  # pylint: disable=g-import-not-at-top,wrong-import-position
 from visjax.models.idol import criterion  # pylint: disable=g-import-not-at-top,wrong-import-position
 from visjax.models.idol import method as idol_method  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -99,7 +99,7 @@ def main():
   setup = trainer.build_setup(config, method, mesh)
   batch = mesh_lib.global_batch(_batch(np.random.default_rng(0), clips, config.input.max_instances, h, w,
                                        config.model.num_classes), mesh)
-  steps, states, times, losses = {}, {}, {name: [] for name in paths}, {}
+  steps, states, losses = {}, {}, {}
   for name, m in paths.items():
     steps[name] = trainer.make_train_step(config, m, setup, mesh)
     t0 = time.perf_counter()
@@ -107,12 +107,7 @@ def main():
     losses[name] = float(metrics['loss'])
     print(f'{name}: compile + first step {time.perf_counter() - t0:.1f} s wall, loss {losses[name]:.6f}',
           flush=True)
-  for _ in range(args.reps):
-    for name in paths:
-      w0, c0 = time.perf_counter(), time.process_time()
-      states[name], metrics = steps[name](states[name], batch)
-      jax.block_until_ready(metrics)
-      times[name].append((time.perf_counter() - w0, time.process_time() - c0))
+  times = step_timing.interleaved_times(steps, states, batch, args.reps)
   print(f'\n{args.model}: {clips} clips of {h} x {w}, Q {config.model.num_queries}, {config.model.dec_layers} '
         f'decoder layers, {config.input.max_instances} gt slots; load average {os.getloadavg()[0]:.1f} '
         f'on {os.cpu_count()} CPUs; median of {args.reps} steps; peak RSS '

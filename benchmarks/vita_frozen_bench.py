@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+from benchmarks import step_timing  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import vita_common  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import vita_tiny  # pylint: disable=g-import-not-at-top,wrong-import-position
 from visjax.models import registry  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -61,7 +62,7 @@ def main():
   mesh = mesh_lib.create_mesh(config)
   batch = mesh_lib.global_batch(_batch(np.random.default_rng(0), args.clips, args.frames, 2, args.height,
                                        args.width, config.model.num_classes), mesh)
-  steps, states, times, info = {}, {}, {name: [] for name in variants}, {}
+  steps, states, info = {}, {}, {}
   with jax.set_mesh(mesh):
     for name, c in variants.items():
       method = registry.get_method(c)
@@ -75,12 +76,7 @@ def main():
                         leaves=len(opt), bytes=sum(x.nbytes for x in opt),
                         params=sum(x.nbytes for x in jax.tree.leaves(states[name]['params'])))
       print(f'{name}: compile + first step {info[name]["first"][0]:.1f} s wall', flush=True)
-    for _ in range(args.reps):
-      for name in variants:
-        w0, c0 = time.perf_counter(), time.process_time()
-        states[name], metrics = steps[name](states[name], batch)
-        jax.block_until_ready(metrics)
-        times[name].append((time.perf_counter() - w0, time.process_time() - c0))
+    times = step_timing.interleaved_times(steps, states, batch, args.reps)
   print(f'\nvita_tiny: {args.clips} clips of {args.frames} x {args.height} x {args.width}; load average '
         f'{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; median of {args.reps} steps\n')
   print('| variant | wall s / step | CPU s / step | compile + 1st step wall / CPU s | opt-state leaves | '
