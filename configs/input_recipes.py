@@ -40,6 +40,19 @@ def vita(c: ml_collections.ConfigDict, *, clip_len: int = 5, frame_range: int = 
               dict(rotation=15.0, rotation_per='sorted', rotation_expand=False, rotation_center=(0.4, 0.6)))
 
 
+def vita_lsj(c: ml_collections.ConfigDict, *, clip_len: int = 1, image_size: int = 1024,
+             scale: tuple[float, float] = (0.1, 2.0)) -> ml_collections.ConfigDict:
+  """VITA with INPUT.LSJ_AUG.ENABLED (the LSJ branch of `build_augmentation`, COCO pretraining): horizontal flip
+  (RANDOM_FLIP 'horizontal': clip_frame_cnt 1, so per frame), then `ResizeScale(scale, image_size)` and
+  `FixedSizeCrop(image_size)` (per frame, plain detectron2 augmentations), sampler as `vita`. No pseudo-clip
+  overrides: the COCO mapper of that run is the target one (is_tgt=True), which uses `build_augmentation`."""
+  vita(c, clip_len=clip_len)
+  c.input.augment = ml_collections.ConfigDict(dict(flip_per='frame', resize_per='frame', lsj_size=image_size,
+                                                   lsj_scale=tuple(scale)))
+  c.input.augment_pseudo = ml_collections.ConfigDict()
+  return c
+
+
 def visolo(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """VISOLO: 3 frames within +-20, shuffled; resize and flip per clip, rotation up to 15 degrees and a (352, 624)
   crop per frame (pseudo-clips the same)."""

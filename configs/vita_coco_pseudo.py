@@ -8,9 +8,11 @@ Data: `python -m data_pipeline.convert --format coco --json coco/annotations/ins
 coco/train2017 --out datasets/tfrecords/coco_2017_train` (no category map: all 80 classes) and the same for val2017.
 
 Official train_net_vita.py reads COCO with `CocoClipDatasetMapper(is_tgt=True)`, i.e. the real-clip augmentation
-`build_augmentation` with LSJ_AUG: horizontal flip, `ResizeScale(0.1, 2.0, 1024, 1024)`, `FixedSizeCrop(1024)` (pad
-value 128). LSJ is not in `data_pipeline/augment.py` yet: this config uses the closest existing recipe, detectron2's
-multi-scale COCO recipe (shortest edge 480..800 step 32, longer edge <= 1333, flip), and no pseudo-clip rotation.
+`build_augmentation` with LSJ_AUG (`input_recipes.vita_lsj`): horizontal flip, `ResizeScale(0.1, 2.0, 1024, 1024)`,
+`FixedSizeCrop(1024)`, no pseudo-clip rotation. Every training image is 1024 x 1024 (one size bucket): the resized
+image at the top-left, grey (128) right of and below it, and that grey is image content for the model as in the
+official run (image size 1024 x 1024). `input.min_size_train` / `max_size_train` are not read by this recipe.
+Masks are rasters resized nearest (the official mapper transforms polygons and rasterises them at the end).
 """
 
 import ml_collections
@@ -25,11 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.dataset.tfrecords = f'{vita_common.TFRECORDS}/coco_2017_train'  # DATASETS.TRAIN ("coco_2017_train",)
   c.dataset.eval_tfrecords = f'{vita_common.TFRECORDS}/coco_2017_val'  # DATASETS.TEST ("coco_2017_val",)
   c.input.batch_size = 16  # SOLVER.IMS_PER_BATCH
-  input_recipes.vita(c, clip_len=1)  # INPUT.SAMPLING_FRAME_NUM: 1
-  c.input.augment.crop_prob = 0.0  # LSJ path: no crop branch
-  c.input.augment_pseudo = ml_collections.ConfigDict()  # is_tgt=True: COCO gets the real-clip augmentation
-  c.input.min_size_train = tuple(range(480, 801, 32))  # LSJ stand-in (see the module docstring)
-  c.input.max_size_train = 1333
+  # INPUT.SAMPLING_FRAME_NUM: 1; LSJ_AUG IMAGE_SIZE 1024, MIN_SCALE 0.1, MAX_SCALE 2.0.
+  input_recipes.vita_lsj(c, clip_len=1, image_size=1024, scale=(0.1, 2.0))
   c.input.min_size_test = 800  # detectron2 default INPUT.MIN_SIZE_TEST (the base yaml does not set it)
   c.train.lr = 1e-4  # SOLVER.BASE_LR
   c.train.lr_steps = (327778, 355092)  # SOLVER.STEPS

@@ -20,6 +20,14 @@ Per frame the order is:
   4. optional crop to at most `post_crop` (h, w) at a random position per frame.
   5. horizontal flip, per clip or per frame.
 
+Large-scale jitter (`lsj_size` > 0, detectron2 `RandomFlip`, `ResizeScale`, `FixedSizeCrop` as the official COCO LSJ
+mappers chain them) replaces steps 2-5: the flip comes first (before any rotation), then the frame is scaled by
+min(s·S / h, s·S / w) with s uniform in `lsj_scale` (sizes rounded half to even, as `np.round`), cropped to at most
+S x S at offsets round(u·(size - S)) with one u for both axes, and padded bottom/right to exactly S x S with 128
+(masks with 0). The grey padding is image content for the model, as in the official mappers, whose image size is
+the S x S output: the frame's content size is (S, S). Scale and offset are drawn per clip or per frame
+(`resize_per`).
+
 All random decisions come from `tf.random.stateless_*` keyed on (clip seed, decision, frame), so a clip is a pure
 function of its seed. `make_recipe` builds a `Recipe` from the config sections; the methods' official settings are
 in `configs/input_recipes.py`.
@@ -60,6 +68,9 @@ class Recipe:
     rotation_center: (lo, hi) relative range of the rotation centre's x and y (each drawn in it), or None for the
       frame's centre; only with `rotation_expand=False`.
     post_crop: (h, w) crop after the resize, or None.
+    lsj_size: output size S of the large-scale jitter (S x S), or 0 for none; excludes the crop branch and
+      `post_crop`, and makes `min_sizes` / `max_size` unused.
+    lsj_scale: (min, max) of the large-scale jitter's scale.
   """
   min_sizes: tuple[int, ...]
   max_size: int
@@ -75,6 +86,8 @@ class Recipe:
   rotation_expand: bool = True
   rotation_center: tuple[float, float] | None = None
   post_crop: tuple[int, int] | None = None
+  lsj_size: int = 0
+  lsj_scale: tuple[float, float] = (0.1, 2.0)
 
   def __post_init__(self):
     if not self.min_sizes or min(self.min_sizes) < 1 or self.max_size < 1:
@@ -91,6 +104,12 @@ class Recipe:
                                              0.0 <= self.rotation_center[0] <= self.rotation_center[1] <= 1.0):
       raise ValueError(f'Recipe.rotation_center needs rotation_expand=False and 0 <= lo <= hi <= 1, got '
                        f'{self.rotation_center} with rotation_expand={self.rotation_expand}')
+    if self.lsj_size < 0 or not 0.0 < self.lsj_scale[0] <= self.lsj_scale[1]:
+      raise ValueError(f'Recipe.lsj_size must be >= 0 and lsj_scale 0 < min <= max, got {self.lsj_size}, '
+                       f'{self.lsj_scale}')
+    if self.lsj_size and (self.crop_prob > 0 or self.post_crop is not None):
+      raise ValueError(f'Recipe.lsj_size={self.lsj_size} replaces the crop branch and post_crop: set crop_prob=0 '
+                       f'(got {self.crop_prob}) and post_crop=None (got {self.post_crop})')
 
 
 def make_recipe(augment, *, min_sizes: Sequence[int], max_size: int, pseudo_overrides=None) -> Recipe:
@@ -175,6 +194,54 @@ def rotate(image, masks, degrees, center=None, expand: bool = True):
   return warp(image, 'BILINEAR'), warp(masks, 'NEAREST')
 
 
+LSJ_PAD_VALUE = 128  # detectron2 FixedSizeCrop(pad_value=128.0) on images; masks are padded with 0.
+
+
+def large_scale_jitter(image, mask, draws, size: int, scale_range: tuple[float, float]):
+  """detectron2 `ResizeScale(min, max, size, size)` then `FixedSizeCrop((size, size))` on one frame.
+
+  Args:
+    image: uint8 `[H, W, C]`.
+    mask: uint8 `[H, W, N]`.
+    draws: float `[2]` uniforms in [0, 1): the scale's (s = min + (max - min)·u) and the crop offset's.
+    size: output size S.
+    scale_range: (min, max) of s.
+
+  Returns:
+    image uint8 `[S, S, C]` (bilinear, antialiased; LSJ_PAD_VALUE right of and below the resized frame) and mask
+    uint8 `[S, S, N]` (nearest; 0 in the padding).
+  """
+  tf = tfrecord.import_tf()
+  h = tf.cast(tf.shape(image)[0], tf.float64)
+  w = tf.cast(tf.shape(image)[1], tf.float64)
+  draws = tf.cast(draws, tf.float64)
+  lo, hi = scale_range
+  target = size * (lo + (hi - lo) * draws[0])
+  scale = tf.minimum(target / h, target / w)
+  new_h = tf.maximum(tf.math.round(h * scale), 1.)  # tf.math.round is half to even, as np.round.
+  new_w = tf.maximum(tf.math.round(w * scale), 1.)
+  off_y = tf.math.round(tf.maximum(new_h - size, 0.) * draws[1])
+  off_x = tf.math.round(tf.maximum(new_w - size, 0.) * draws[1])
+  crop_h, crop_w = tf.minimum(new_h, size), tf.minimum(new_w, size)
+  y0, x0, ch, cw = (tf.cast(v, tf.int32) for v in (off_y, off_x, crop_h, crop_w))
+  image = tf.image.resize(image, tf.cast(tf.stack([new_h, new_w]), tf.int32), method='bilinear', antialias=True)
+  image = tf.cast(tf.clip_by_value(tf.math.round(image[y0:y0 + ch, x0:x0 + cw]), 0, 255), tf.uint8)
+  # Nearest resize of the kept window only (source pixel floor((i + 0.5)·h / new_h)): the masks of all instances
+  # are never materialised at the up-scaled size.
+  rows = tf.minimum(tf.floor((off_y + tf.range(crop_h, dtype=tf.float64) + 0.5) * (h / new_h)), h - 1)
+  cols = tf.minimum(tf.floor((off_x + tf.range(crop_w, dtype=tf.float64) + 0.5) * (w / new_w)), w - 1)
+  mask = tf.gather(tf.gather(mask, tf.cast(rows, tf.int32), axis=0), tf.cast(cols, tf.int32), axis=1)
+  pad = [[0, size - ch], [0, size - cw], [0, 0]]
+  return tf.pad(image, pad, constant_values=LSJ_PAD_VALUE), tf.pad(mask, pad)
+
+
+def _flip(flip, image, mask):
+  """Horizontal flip of a `[H, W, C]` frame and its `[H, W, N]` masks where the bool `flip` holds."""
+  tf = tfrecord.import_tf()
+  return (tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image),
+          tf.cond(flip, lambda: tf.reverse(mask, [1]), lambda: mask))
+
+
 def augment_clip(images, masks, seed, recipe: Recipe, canvas: tuple[int, int]):
   """Augments one clip and pads every frame to `canvas`.
 
@@ -192,6 +259,9 @@ def augment_clip(images, masks, seed, recipe: Recipe, canvas: tuple[int, int]):
   tf = tfrecord.import_tf()
   num_frames, num_instances = images.shape[0], masks.shape[1]
   canvas_h, canvas_w = canvas
+  if recipe.lsj_size > min(canvas):
+    raise ValueError(f'canvas {canvas} cannot hold the {recipe.lsj_size} x {recipe.lsj_size} output of '
+                     'Recipe.lsj_size (config.input.size_buckets)')
   lo, hi = (float(v) for v in recipe.crop_range)
   angles = None
   if recipe.rotation > 0:
@@ -200,15 +270,26 @@ def augment_clip(images, masks, seed, recipe: Recipe, canvas: tuple[int, int]):
       angles = tf.sort(angles)
       angles = tf.where(_uniform(samplers.fold(seed, 10)) < 0.5, tf.reverse(angles, [0]), angles)
 
+  def to_canvas(image, mask, size):  # [h, w, 3], [h, w, N] -> zero-padded [Hc, Wc, 3], [N, Hc, Wc].
+    return (tf.image.pad_to_bounding_box(image, 0, 0, canvas_h, canvas_w),
+            tf.transpose(tf.image.pad_to_bounding_box(mask, 0, 0, canvas_h, canvas_w), [2, 0, 1]), size)
+
   def one_frame(t):  # Traced once, run per frame (tf.map_fn), so the graph does not grow with T.
     image = images[t]
     mask = tf.transpose(masks[t], [1, 2, 0])  # [H, W, N]
+    flip = None if recipe.flip_per == 'none' else _uniform(_key(seed, 9, recipe.flip_per, t)) < 0.5
+    if recipe.lsj_size and flip is not None:
+      image, mask = _flip(flip, image, mask)
     if angles is not None:
       center = None
       if recipe.rotation_center is not None:
         lo_c, hi_c = recipe.rotation_center
         center = tf.unstack(lo_c + (hi_c - lo_c) * _uniform(_key(seed, 11, recipe.rotation_per, t), [2]))
       image, mask = rotate(image, mask, angles[t], center, recipe.rotation_expand)
+    if recipe.lsj_size:
+      draws = _uniform(_key(seed, 12, recipe.resize_per, t), [2])
+      image, mask = large_scale_jitter(image, mask, draws, recipe.lsj_size, recipe.lsj_scale)
+      return to_canvas(image, mask, tf.constant([recipe.lsj_size] * 2, tf.int32))
     h = tf.cast(tf.shape(image)[0], tf.float32)
     w = tf.cast(tf.shape(image)[1], tf.float32)
 
@@ -269,13 +350,9 @@ def augment_clip(images, masks, seed, recipe: Recipe, canvas: tuple[int, int]):
       size = tf.stack([p_h, p_w])
 
     # 5. Flip.
-    if recipe.flip_per != 'none':
-      flip = _uniform(_key(seed, 9, recipe.flip_per, t)) < 0.5
-      image = tf.cond(flip, lambda x=image: tf.reverse(x, [1]), lambda x=image: x)
-      mask = tf.cond(flip, lambda x=mask: tf.reverse(x, [1]), lambda x=mask: x)
-
-    return (tf.image.pad_to_bounding_box(image, 0, 0, canvas_h, canvas_w),
-            tf.transpose(tf.image.pad_to_bounding_box(mask, 0, 0, canvas_h, canvas_w), [2, 0, 1]), size)
+    if flip is not None:
+      image, mask = _flip(flip, image, mask)
+    return to_canvas(image, mask, size)
 
   return tf.map_fn(one_frame, tf.range(num_frames), fn_output_signature=(
       tf.TensorSpec([canvas_h, canvas_w, 3], tf.uint8),

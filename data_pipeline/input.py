@@ -24,7 +24,8 @@ Training (`make_train_iterator(config, input_spec, process_index=, process_count
   (seed, process, block). Each source keeps its own epochs and its own augmentation recipe (pseudo-clip recipe for
   a COCO conversion); on resume the clips taken from each source are counted from the block pattern. The sources
   must have the same category table (a COCO directory converted with `--category-map`), so labels mean the same.
-- Static shapes: every frame is augmented onto the largest size bucket; each batch is then cut to the smallest
+- Static shapes: the buckets are `config.input.size_buckets` or derived from the recipes (S x S for a large-scale
+  jitter to S x S, else from the train sizes); every frame is augmented onto the largest size bucket; each batch is then cut to the smallest
   bucket that holds all its frames (single process) or kept at the largest bucket (several processes, so that all
   processes agree on the global shape). Instances: the first `max_instances` tracks (json order) visible in the
   clip, crowd tracks dropped by default as the detectron2 mappers do; valid instances are packed first.
@@ -165,6 +166,18 @@ def derive_buckets(min_sizes: Sequence[int], max_size: int, size_divisibility: i
   return tuple(sorted({(s, m), (m, s), (m, m)}, key=lambda b: (b[0] * b[1], b)))
 
 
+def recipe_buckets(recipes: Sequence[augment.Recipe], size_divisibility: int) -> tuple[tuple[int, int], ...]:
+  """Default buckets of the sources' recipes: (S, S) for a large-scale jitter to S x S (S rounded up to
+  `size_divisibility`), `derive_buckets` of the sizes for the others."""
+  buckets = set()
+  for r in recipes:
+    if r.lsj_size:
+      buckets.add((_round_up(r.lsj_size, size_divisibility),) * 2)
+    else:
+      buckets.update(derive_buckets(r.min_sizes, r.max_size, size_divisibility))
+  return tuple(sorted(buckets, key=lambda b: (b[0] * b[1], b)))
+
+
 def masks_to_boxes(masks, sizes):
   """Boxes and visibility of uint8 masks `[T, N, H, W]`.
 
@@ -294,22 +307,22 @@ class TrainIterator:
     category_maps.check_same_categories(roots, [m.categories for m in self.manifests])  # One label space.
     self.plans = tuple(plan_process_shard(m, spec.process_index, spec.process_count) for m in self.manifests)
     self.sampler = spec.sampler
-    buckets = tuple(tuple(int(x) for x in b) for b in spec.size_buckets) or derive_buckets(
-        spec.min_sizes, spec.max_size, spec.size_divisibility)
+    self.recipes = []
+    for root, manifest in zip(roots, self.manifests):
+      pseudo = spec.augment_pseudo if manifest.source_format == 'coco' else None
+      self.recipes.append(augment.make_recipe(spec.augment, min_sizes=spec.min_sizes, max_size=spec.max_size,
+                                              pseudo_overrides=pseudo))
+      if manifest.max_tracks_per_video > spec.max_instances:
+        logging.warning('%s: videos have up to %d tracks; clips keep the first max_instances=%d visible ones',
+                        root, manifest.max_tracks_per_video, spec.max_instances)
+    buckets = tuple(tuple(int(x) for x in b) for b in spec.size_buckets) or recipe_buckets(
+        self.recipes, spec.size_divisibility)
     self.buckets = tuple(sorted(buckets, key=lambda b: (b[0] * b[1], b)))
     self.canvas = (max(b[0] for b in self.buckets), max(b[1] for b in self.buckets))
     if self.canvas not in self.buckets:
       raise ValueError(f'size buckets {self.buckets} need one bucket that holds all others (the canvas)')
-    self.recipes, self.builders = [], []
-    for root, manifest in zip(roots, self.manifests):
-      pseudo = spec.augment_pseudo if manifest.source_format == 'coco' else None
-      recipe = augment.make_recipe(spec.augment, min_sizes=spec.min_sizes, max_size=spec.max_size,
-                                   pseudo_overrides=pseudo)
-      if manifest.max_tracks_per_video > spec.max_instances:
-        logging.warning('%s: videos have up to %d tracks; clips keep the first max_instances=%d visible ones',
-                        root, manifest.max_tracks_per_video, spec.max_instances)
-      self.recipes.append(recipe)
-      self.builders.append(ClipBuilder(self.sampler, recipe, self.canvas, spec.max_instances, spec.drop_crowd))
+    self.builders = [ClipBuilder(self.sampler, r, self.canvas, spec.max_instances, spec.drop_crowd)
+                     for r in self.recipes]
     self._step = 0
     self._iterator = None
 
