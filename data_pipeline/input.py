@@ -25,10 +25,11 @@ Training (`make_train_iterator(config, input_spec, process_index=, process_count
   a COCO conversion); on resume the clips taken from each source are counted from the block pattern. The sources
   must have the same category table (a COCO directory converted with `--category-map`), so labels mean the same.
 - Static shapes: the buckets are `config.input.size_buckets` or derived from the recipes (S x S for a large-scale
-  jitter to S x S, else from the train sizes); every frame is augmented onto the largest size bucket; each batch is then cut to the smallest
-  bucket that holds all its frames (single process) or kept at the largest bucket (several processes, so that all
-  processes agree on the global shape). Instances: the first `max_instances` tracks (json order) visible in the
-  clip, crowd tracks dropped by default as the detectron2 mappers do; valid instances are packed first.
+  jitter to S x S, else from the train sizes); every frame is augmented onto the largest size bucket; each batch is
+  then cut to the smallest bucket that holds all its frames (single process) or kept at the largest bucket (several
+  processes, so that all processes agree on the global shape). Instances: the first `max_instances` tracks (json
+  order) visible in the clip, crowd tracks dropped by default as the detectron2 mappers do; valid instances are
+  packed first.
 
 Eval (`eval_videos`, `eval_video_chunks`): records in shard order (per-process share as above), frames resized with
 the shortest edge `min_size_test` capped by `max_size_test`, zero-padded to a multiple of `size_divisibility`.

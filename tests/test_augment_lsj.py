@@ -90,9 +90,9 @@ def _recipe(**kwargs):
 
 
 def test_lsj_matches_detectron2():
-  """Per frame and seed: sizes, offsets and flip exactly; masks (nearest) and boxes (1 px); the image against PIL
-  bilinear (TF antialiased bilinear: within 1 level, relative error < 0.5%); 128 in the padding, content size S x S; both the pad
-  (scale-down) and the crop (scale-up) cases and both flips are covered."""
+  """Per frame and seed: sizes, offsets and flip exactly; masks (nearest: < 0.5% of pixels differ from PIL) and boxes
+  (1 px); the image against PIL bilinear (TF antialiased bilinear: within 1 level, relative error < 0.5%); 128 in the
+  padding, content size S x S; the pad (scale-down) and crop (scale-up) cases and both flips are covered."""
   tf = tfrecord.import_tf()
   image, masks = _frame()
   h, w = image.shape[:2]
