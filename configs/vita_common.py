@@ -19,8 +19,9 @@ layout `datasets/tfrecords/<official split name>` (relative to the working direc
 
 Other paths: `--config.dataset.tfrecords=COCO_DIR,VIS_DIR` (in that order, matching the ratios). VIS only (no COCO):
 `--config.dataset.tfrecords=VIS_DIR --config.input.dataset_ratios='()'`. A missing directory stops training before
-anything is built, naming it. Not reproduced: the COCO-pretrained starting weights (`vita_r50_coco.pth`, set
-`init_from`, or train them with `vita_coco_pseudo.py`).
+anything is built, naming it. The COCO -> VIS class maps of `data_pipeline/category_maps.py` are VITA's
+(`vita/data/datasets/ytvis.py`, `ovis.py`). Not reproduced: the COCO-pretrained starting weights
+(`vita_r50_coco.pth`, set `init_from`, or train them with `vita_coco_pseudo.py`).
 
 `FREEZE_DETECTOR` is the official MODEL.VITA.FREEZE_DETECTOR as a `train.frozen` value (`vita_config(...,
 freeze_detector=True)`, or on the command line `--config.train.frozen="('^(?!.*vita_module)',)"`).

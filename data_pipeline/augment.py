@@ -8,7 +8,8 @@ Per frame the order is:
   1. rotation by an angle in [-r, r] degrees (counter-clockwise, as detectron2 `RotationTransform` / cv2), either
      about the centre with the canvas expanded to the rotated bounds (`expand=True`), or keeping the frame size
      about a centre drawn in a relative range (`expand=False, center=...`); angles per frame, or drawn per frame,
-     sorted over the clip and reversed with p = 0.5 (VITA `RandomRotationClip`, whose centre is drawn per clip).
+     sorted over the clip and reversed with p = 0.5 (the official `RandomRotationClip` of the
+     pseudo-clip recipes, whose centre is drawn per clip).
   2. crop branch, taken with probability `crop_prob` (decided per clip or per frame): an optional shortest-edge
      resize to a choice of `crop_resize` (no max size), then a crop of `randint(min(h, lo), min(h, hi))` x
      `randint(min(w, lo), min(w, hi))` (detectron2 'absolute_range') placed per frame, once per clip, or sliding

@@ -1,9 +1,10 @@
 """COCO category -> video-dataset category maps, for training on COCO pseudo-videos together with a VIS dataset.
 
-Data facts from the official VIS code bases (sukjunhwang/VITA `vita/data/datasets/ytvis.py` `COCO_TO_YTVIS_2019`,
-`COCO_TO_YTVIS_2021`, the category tables `YTVIS_CATEGORIES_2019/2021`; `vita/data/datasets/ovis.py` `COCO_TO_OVIS`,
-`OVIS_CATEGORIES`). Keys are COCO json category ids, values the target dataset's json category ids; several COCO
-classes may map to one target class (bicycle and motorcycle -> motorbike, skis and snowboard -> snowboard).
+Data facts from the official VIS code bases (`data/datasets/ytvis.py` `COCO_TO_YTVIS_2019`, `COCO_TO_YTVIS_2021`,
+the category tables `YTVIS_CATEGORIES_2019/2021`; `data/datasets/ovis.py` `COCO_TO_OVIS`, `OVIS_CATEGORIES`; which
+code base: the configs that use them). Keys are COCO json category ids, values the target dataset's json category
+ids; several COCO classes may map to one target class (bicycle and motorcycle -> motorbike, skis and snowboard ->
+snowboard).
 
 The official pipeline keeps only the COCO annotations whose category is a key (`convert_coco2ytvis.py`) and maps
 their classes to the target dataset's contiguous ids in the data mapper (`CocoClipDatasetMapper.src2tgt`); images
@@ -19,17 +20,17 @@ from typing import Any, Mapping, Sequence
 
 from data_pipeline import ytvis_json
 
-# COCO json id -> YouTube-VIS 2019 json id (VITA ytvis.py COCO_TO_YTVIS_2019).
+# COCO json id -> YouTube-VIS 2019 json id (official ytvis.py COCO_TO_YTVIS_2019).
 COCO_TO_YTVIS_2019 = {1: 1, 2: 21, 3: 6, 4: 21, 5: 28, 7: 17, 8: 29, 9: 34, 17: 14, 18: 8, 19: 18, 21: 15, 22: 32,
                       23: 20, 24: 30, 25: 22, 35: 33, 36: 33, 41: 5, 42: 27, 43: 40}
-# COCO json id -> YouTube-VIS 2021 json id (VITA ytvis.py COCO_TO_YTVIS_2021).
+# COCO json id -> YouTube-VIS 2021 json id (official ytvis.py COCO_TO_YTVIS_2021).
 COCO_TO_YTVIS_2021 = {1: 26, 2: 23, 3: 5, 4: 23, 5: 1, 7: 36, 8: 37, 9: 4, 16: 3, 17: 6, 18: 9, 19: 19, 21: 7, 22: 12,
                       23: 2, 24: 40, 25: 18, 34: 14, 35: 31, 36: 31, 41: 29, 42: 33, 43: 34}
-# COCO json id -> OVIS json id (VITA ovis.py COCO_TO_OVIS).
+# COCO json id -> OVIS json id (official ovis.py COCO_TO_OVIS).
 COCO_TO_OVIS = {1: 1, 2: 21, 3: 25, 4: 22, 5: 23, 6: 25, 8: 25, 9: 24, 17: 3, 18: 4, 19: 5, 20: 6, 21: 7, 22: 8,
                 23: 9, 24: 10, 25: 11}
 
-# Category names of json ids 1, 2, ... (VITA YTVIS_CATEGORIES_2019, YTVIS_CATEGORIES_2021, OVIS_CATEGORIES).
+# Category names of json ids 1, 2, ... (official YTVIS_CATEGORIES_2019, YTVIS_CATEGORIES_2021, OVIS_CATEGORIES).
 YTVIS_2019_NAMES = (
     'person', 'giant_panda', 'lizard', 'parrot', 'skateboard', 'sedan', 'ape', 'dog', 'snake', 'monkey', 'hand',
     'rabbit', 'duck', 'cat', 'cow', 'fish', 'train', 'horse', 'turtle', 'bear', 'motorbike', 'giraffe', 'leopard',

@@ -146,9 +146,10 @@ class VitaOracle:
         features[i, ..., _slot(k, t, self.swap_at)] = np.where(v.cells(k, t), LOGIT, -LOGIT)
     return jnp.asarray(queries), jnp.asarray(features)
 
-  def video_decoder(self, state, frame_queries):
+  def video_decoder(self, state, frame_queries, num_frames):
+    """The VITA module's place: frame queries `[Tb, Q, C]` (frames past `num_frames` pad the video to its bucket)."""
     del state
-    seen = np.asarray(frame_queries).max(axis=0) > 0.5  # [Q, C]
+    seen = np.asarray(frame_queries)[:int(num_frames)].max(axis=0) > 0.5  # [Q, C]
     logits = np.concatenate([np.where(seen, LOGIT, -LOGIT), np.where(seen.any(1), -LOGIT, LOGIT)[:, None]], 1)
     return jnp.asarray(logits, jnp.float32), jnp.eye(self.q, dtype=jnp.float32)
 
