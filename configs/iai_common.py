@@ -73,8 +73,10 @@ def iai_config(num_classes: int, max_obj_num: int = 20) -> ml_collections.Config
 
 
 def multiscale(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The `_ms` / YTVIS21 / OVIS / R101 training sizes: mmdet img_scale [(649, 360), (960, 480)] in 'range' mode
-  (short side 360-480, long side up to 960), approximated by short-side choices."""
-  c.input.min_size_train = (360, 384, 408, 432, 456, 480)
+  """The `_ms` / YTVIS21 / OVIS / R101 training sizes: mmdet `Resize(img_scale=[(649, 360), (960, 480)],
+  multiscale_mode='range', keep_ratio=True)`: short side and longer-edge cap drawn independently and uniformly
+  from the integers 360..480 and 649..960 (per clip, as the scale is carried over the clip's frames)."""
+  c.input.min_size_train = tuple(range(360, 481))
   c.input.max_size_train = 960
+  c.input.augment.max_size_choices = tuple(range(649, 961))
   return c

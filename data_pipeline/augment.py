@@ -15,8 +15,9 @@ Per frame the order is:
      `randint(min(w, lo), min(w, hi))` (detectron2 'absolute_range') placed per frame, once per clip, or sliding
      linearly from a start to an end position over the clip. The two resizes are fused: the window is mapped
      back to the source frame and step 3 resizes once.
-  3. shortest-edge resize to a choice of `min_sizes` (per clip or per frame), capped by `max_size` as detectron2's
-     `ResizeShortestEdge` (sizes rounded with int(x + 0.5)), and further scaled down if needed to fit the canvas.
+  3. shortest-edge resize to a choice of `min_sizes` (per clip or per frame), capped by `max_size` (or by a choice of
+     `max_size_choices`: mmdet's 'range' mode) as detectron2's `ResizeShortestEdge` / mmcv's `rescale_size` (sizes
+     rounded with int(x + 0.5)), and further scaled down if needed to fit the canvas.
      Frames: bilinear with antialiasing (PIL-like); masks: nearest.
   4. optional crop to at most `post_crop` (h, w) at a random position per frame.
   5. horizontal flip, per clip or per frame.
@@ -53,7 +54,10 @@ class Recipe:
 
   Attributes:
     min_sizes: shortest-edge choices of the main resize.
-    max_size: cap on the longer edge of the main resize.
+    max_size: cap on the longer edge of the main resize (and the largest of `max_size_choices`).
+    max_size_choices: longer-edge caps drawn (with the same per-clip / per-frame rule as the short side,
+      independently of it) instead of `max_size`; with `min_sizes` = every integer of a range this is mmdet's
+      `Resize(img_scale=[(long_lo, short_lo), (long_hi, short_hi)], multiscale_mode='range', keep_ratio=True)`.
     resize_per: draw the main resize choice per 'clip' or per 'frame'.
     flip_per: horizontal flip (p = 0.5) per 'clip', per 'frame', or 'none'.
     crop_prob: probability of the crop branch.
@@ -75,6 +79,7 @@ class Recipe:
   """
   min_sizes: tuple[int, ...]
   max_size: int
+  max_size_choices: tuple[int, ...] = ()
   resize_per: str = 'clip'
   flip_per: str = 'clip'
   crop_prob: float = 0.0
@@ -93,6 +98,9 @@ class Recipe:
   def __post_init__(self):
     if not self.min_sizes or min(self.min_sizes) < 1 or self.max_size < 1:
       raise ValueError(f'Recipe needs min_sizes >= 1 and max_size >= 1, got {self.min_sizes}, {self.max_size}')
+    if self.max_size_choices and not 1 <= min(self.max_size_choices) <= max(self.max_size_choices) <= self.max_size:
+      raise ValueError(f'Recipe.max_size_choices must lie in [1, max_size={self.max_size}] '
+                       f'(config.input.max_size_train), got {min(self.max_size_choices)}..{max(self.max_size_choices)}')
     for name, allowed in (('resize_per', _PER), ('flip_per', _PER + ('none',)), ('crop_per', _PER),
                           ('crop_window', ('frame', 'clip', 'slide')), ('rotation_per', ('frame', 'sorted'))):
       if getattr(self, name) not in allowed:
@@ -150,6 +158,14 @@ def _choice(seed, values: Sequence[int]):
   tf = tfrecord.import_tf()
   index = tf.random.stateless_uniform([], seed, minval=0, maxval=len(values), dtype=tf.int32)
   return tf.gather(tf.constant(values, tf.float32), index)
+
+
+def main_resize_choice(seed, t, recipe: Recipe):
+  """(short side, longer-edge cap) float32 scalars of the main resize of frame `t` (`recipe.resize_per`)."""
+  short = _choice(_key(seed, 7, recipe.resize_per, t), recipe.min_sizes)
+  if not recipe.max_size_choices:
+    return short, float(recipe.max_size)
+  return short, _choice(_key(seed, 13, recipe.resize_per, t), recipe.max_size_choices)
 
 
 def shortest_edge_size(h, w, short, max_size):
@@ -329,8 +345,8 @@ def augment_clip(images, masks, seed, recipe: Recipe, canvas: tuple[int, int]):
     mask = mask[y0i:y0i + chi, x0i:x0i + cwi]
 
     # 3. Main resize (from the virtual crop size), fitted to the canvas.
-    short = _choice(_key(seed, 7, recipe.resize_per, t), recipe.min_sizes)
-    new_h, new_w = shortest_edge_size(virtual_h, virtual_w, short, float(recipe.max_size))
+    short, cap = main_resize_choice(seed, t, recipe)
+    new_h, new_w = shortest_edge_size(virtual_h, virtual_w, short, cap)
     fit = tf.minimum(1.0, tf.minimum(canvas_h / tf.cast(new_h, tf.float32), canvas_w / tf.cast(new_w, tf.float32)))
     new_h = tf.maximum(tf.minimum(tf.cast(tf.floor(tf.cast(new_h, tf.float32) * fit + 0.5), tf.int32), canvas_h), 1)
     new_w = tf.maximum(tf.minimum(tf.cast(tf.floor(tf.cast(new_w, tf.float32) * fit + 0.5), tf.int32), canvas_w), 1)
