@@ -16,5 +16,5 @@ from configs import iai_tiny
 def get_config() -> ml_collections.ConfigDict:
   c = iai_tiny.get_config()
   common.demo_synthetic(c)
-  common.demo_schedule(c, num_steps=1500, lr_step=1300)
+  common.demo_schedule(c, num_steps=3000, lr_step=2600)
   return c
