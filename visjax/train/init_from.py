@@ -53,12 +53,17 @@ def _flatten(tree: Any) -> dict[str, Any]:
   return flat
 
 
+def saved_steps(directory: str) -> list[int]:
+  """The steps saved in a checkpoints directory (its numbered sub-folders), ascending; [] when there is none."""
+  return sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
+
+
 def training_checkpoint(path: str) -> str | None:
   """The `state` item directory of the latest step of a training run at `path` (its WORKDIR or checkpoints/)."""
   for directory in (os.path.join(path, _CHECKPOINTS), path):
-    steps = [int(d) for d in os.listdir(directory) if d.isdigit()] if os.path.isdir(directory) else []
+    steps = saved_steps(directory)
     if steps:
-      return os.path.join(directory, str(max(steps)), 'state')
+      return os.path.join(directory, str(steps[-1]), 'state')
   return None
 
 

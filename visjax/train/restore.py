@@ -21,10 +21,6 @@ from visjax.train import mesh as mesh_lib
 from visjax.train import trainer
 
 
-def _saved_steps(ckpt_dir: str) -> list[int]:
-  return sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit()) if os.path.isdir(ckpt_dir) else []
-
-
 def _requested_step(config: ml_collections.ConfigDict) -> int:
   return int(config.get('eval', {}).get('checkpoint_step', -1))
 
@@ -33,7 +29,7 @@ def describe_weights(config: ml_collections.ConfigDict, workdir: str) -> str:
   """A description of the weights eval/predict would use; raises FileNotFoundError (cheaply) when none exist, or
   when `config.eval.checkpoint_step` names a step that was not saved (listing the saved ones)."""
   ckpt_dir = os.path.join(workdir, trainer.CHECKPOINT_DIR)
-  steps, wanted = _saved_steps(ckpt_dir), _requested_step(config)
+  steps, wanted = init_from.saved_steps(ckpt_dir), _requested_step(config)
   if wanted >= 0:
     if wanted not in steps:
       raise FileNotFoundError(f'config.eval.checkpoint_step={wanted}: no such checkpoint in {ckpt_dir} '

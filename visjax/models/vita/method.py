@@ -6,9 +6,8 @@
   per-frame detector on `config.tracker.run_chunk_size` frames at a time (jitted once per padded size, the last
   chunk zero-padded) and keeps each frame's last-layer frame queries and VITA mask features (in
   `config.tracker.mask_features_dtype`: float32 as the official code, or bfloat16, half the host memory) on the
-  host; `finish`
-  runs the VITA module once over the whole video (zero-padded to `inference.video_bucket` frames, the padding
-  masked, so a few lengths are compiled), takes the top-k (query, class) pairs and computes their masks
+  host; `finish` runs the VITA module once over the whole video (zero-padded to `inference.video_bucket` frames,
+  the padding masked, so a few lengths are compiled), takes the top-k (query, class) pairs and computes their masks
   `interpolate_chunk_size` frames at a time on the device (`inference.chunk_masks_device`), encoding each frame's
   masks to RLE at once.
 * Tracks: one per selected query, `class_scores` = prob x mask score at the selected classes (0 elsewhere);
